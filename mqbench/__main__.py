@@ -1,0 +1,3 @@
+from mqbench.cli import entry
+
+entry()

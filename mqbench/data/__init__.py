@@ -1,0 +1,83 @@
+"""Datasets: the plugin-facing types.
+
+A dataset plugin registers a :class:`DatasetSpec` whose ``load_split`` returns a decoded
+:class:`Split` (uint8 images and int64 labels held in memory). Methods calibrate on the ``calib``
+split, the runner evaluates on the ``test`` split, and training uses ``train``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass(frozen=True, eq=False)
+class Split:
+    """Decoded images of one split: ``images`` uint8 (N, 3, H, W), ``labels`` int64 (N,)."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    _fingerprint: list[str] = field(default_factory=list, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
+            raise ValueError(f"Split.images must be uint8 (N, 3, H, W), got {self.images.dtype} {tuple(self.images.shape)}")
+        if self.labels.shape != (self.images.shape[0],):
+            raise ValueError(f"Split.labels must have shape ({self.images.shape[0]},), got {tuple(self.labels.shape)}")
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    def head(self, limit: int | None) -> Split:
+        """The first ``limit`` examples (all of them when ``limit`` is None)."""
+        if limit is None or limit >= len(self):
+            return self
+        if limit <= 0:
+            raise ValueError(f"limit must be positive, got {limit}")
+        return Split(self.images[:limit], self.labels[:limit], self.mean, self.std)
+
+    def normalize(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 images -> the float model input (``(x / 255 - mean) / std`` per channel)."""
+        mean = torch.tensor(self.mean).view(1, 3, 1, 1)
+        std = torch.tensor(self.std).view(1, 3, 1, 1)
+        return (images.float() / 255.0 - mean) / std
+
+    def batches(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised (inputs, labels) batches in order."""
+        out = []
+        for start in range(0, len(self), batch_size):
+            out.append((self.normalize(self.images[start:start + batch_size]),
+                        self.labels[start:start + batch_size]))
+        return out
+
+    def fingerprint(self) -> str:
+        """sha256 of the decoded images and labels: identical data, identical fingerprint."""
+        if not self._fingerprint:
+            h = hashlib.sha256()
+            h.update(str(tuple(self.images.shape)).encode())
+            h.update(self.images.contiguous().numpy().tobytes())
+            h.update(self.labels.contiguous().numpy().tobytes())
+            self._fingerprint.append(h.hexdigest())
+        return self._fingerprint[0]
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """Base class of a registered dataset. Subclasses set the fields and implement ``load_split``."""
+
+    name: str
+    description: str
+    num_classes: int
+    image_size: int
+    version: str = "1"  # bump when the data a spec produces changes (keys cached trained weights)
+
+    def load_split(self, split: str, limit: int | None = None) -> Split:
+        """Decode and return ``split`` (``train``, ``calib`` or ``test``), its first ``limit`` examples."""
+        raise NotImplementedError
+
+
+__all__ = ["DatasetSpec", "Split"]

@@ -1,0 +1,33 @@
+"""mqbench's exceptions. ``UsageError`` and its subclasses are the user's to fix (CLI exit 2)."""
+
+from __future__ import annotations
+
+
+class MqbenchError(Exception):
+    """Base of mqbench's own errors."""
+
+
+class UsageError(MqbenchError):
+    """Bad input from the user: a name, an option, a scheme string. The CLI exits 2."""
+
+
+class UnknownNameError(UsageError):
+    """A name that no plugin registered."""
+
+    def __init__(self, kind: str, name: str, suggestions: list[str], known: list[str]) -> None:
+        self.kind, self.name, self.suggestions, self.known = kind, name, suggestions, known
+        if suggestions:
+            hint = "did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
+        elif known:
+            hint = "known: " + ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
+        else:
+            hint = f"no {kind}s are registered (are plugins disabled?)"
+        super().__init__(f"unknown {kind} {name!r}; {hint} (see `mqbench list {kind}s`)")
+
+
+class RegistrationError(MqbenchError):
+    """A plugin registered something invalid or a name already taken."""
+
+
+class ResultsDirError(UsageError):
+    """The results directory cannot be used."""

@@ -1,0 +1,79 @@
+"""Every hook mqbench calls. Plugins implement them with ``@mqbench.hookimpl``.
+
+All hooks are *registration* hooks: they run once, when the plugin manager loads, and receive a
+typed :class:`mqbench.registry.Registry`. Call ``register(item)`` (or ``register.add(item)``) for each
+thing the plugin provides; a name that another plugin already registered is an error naming both
+plugins. A plugin may implement any subset of these hooks; a function named ``mqbench_*`` that is not
+listed here is rejected as a misspelled hook (``check_pending``).
+
+Built-in features are plugins too (``mqbench.plugins.BUILTIN_PLUGINS``), registered by the same code
+path as third-party plugins found through the ``mqbench`` entry-point group.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mqbench import hookspec
+
+if TYPE_CHECKING:
+    from mqbench.backends import Backend
+    from mqbench.data import DatasetSpec
+    from mqbench.methods import Method
+    from mqbench.metrics import Metric
+    from mqbench.models import ModelSpec
+    from mqbench.registry import Registry
+    from mqbench.suites import Suite
+
+
+@hookspec
+def mqbench_register_models(register: Registry[ModelSpec]) -> None:
+    """Register models: call ``register(ModelSpec(...))`` once per model.
+
+    A :class:`mqbench.models.ModelSpec` names the model, builds the float ``nn.Module`` and lists the
+    weights it can load (for example :class:`mqbench.models.TrainedWeights`, trained on first use and
+    cached). Called once when plugins load; the return value is ignored.
+    """
+
+
+@hookspec
+def mqbench_register_datasets(register: Registry[DatasetSpec]) -> None:
+    """Register datasets: call ``register(spec)`` with a :class:`mqbench.data.DatasetSpec` subclass
+    instance whose ``load_split(split, limit)`` returns decoded images and labels
+    (:class:`mqbench.data.Split`) for the ``train``, ``calib`` and ``test`` splits. Called once when
+    plugins load; the return value is ignored.
+    """
+
+
+@hookspec
+def mqbench_register_methods(register: Registry[Method]) -> None:
+    """Register quantization methods: call ``register(method)`` with a :class:`mqbench.methods.Method`
+    instance. A method declares its stage (``transform``, ``calibrate`` or ``refine``), its frozen,
+    versioned config dataclass, and implements the function of its stage. Methods are combined into
+    ``+``-joined pipelines by the runner. Called once when plugins load; the return value is ignored.
+    """
+
+
+@hookspec
+def mqbench_register_backends(register: Registry[Backend]) -> None:
+    """Register deployment backends: call ``register(backend)`` with a
+    :class:`mqbench.backends.Backend` instance. A backend says which schemes it can run, places the
+    quantizers where its runtime quantizes (``prepare``) and turns a calibrated QuantSim into its
+    executable (``convert``). Called once when plugins load; the return value is ignored.
+    """
+
+
+@hookspec
+def mqbench_register_suites(register: Registry[Suite]) -> None:
+    """Register suites: call ``register(Suite(...))`` with a named grid of models x pipelines x
+    backends x schemes x seeds on one dataset. Called once when plugins load; the return value is
+    ignored.
+    """
+
+
+@hookspec
+def mqbench_register_metrics(register: Registry[Metric]) -> None:
+    """Register per-cell metrics: call ``register(metric)`` with a :class:`mqbench.metrics.Metric`
+    whose ``compute(evaluation)`` returns a JSON-serialisable dict stored in every record under the
+    metric's name. Called once when plugins load; the return value is ignored.
+    """

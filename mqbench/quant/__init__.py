@@ -1,0 +1,2 @@
+"""The quantization core: pure functions (functional), range observers (estimators), graph
+rewriting (graph) and the simulated quantized model (qsim)."""

@@ -1,0 +1,49 @@
+"""Calibration helpers shared by range-estimation methods: run observers, set ranges.
+
+A method supplies an observer factory (which statistics to collect and how to turn them into a
+range); these functions do the plumbing: weights are observed directly, activations by running the
+float model (every quantizer off) over the calibration images with observers at each point.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+from mqbench.data import Split
+from mqbench.progress import SILENT, Reporter
+from mqbench.quant.estimators import Observer
+from mqbench.quant.qsim import QuantSim
+
+
+def calibrate_weights(qsim: QuantSim, make_observer: Callable[[int | None], Observer]) -> None:
+    """Set every weight quantizer's range from ``make_observer(axis)`` fed with its weight tensor."""
+    for name, quantizer in qsim.weight_quantizers.items():
+        observer = make_observer(quantizer.axis)
+        observer.observe(qsim.layer_weight(name))
+        quantizer.set_range(*observer.compute_range())
+
+
+def calibrate_activations(qsim: QuantSim, calib: Split, make_observer: Callable[[], Observer],
+                          batch_size: int = 256, reporter: Reporter = SILENT) -> None:
+    """Observe every activation point on ``calib`` with the float model, then set its range.
+
+    Afterwards every quantizer is in ``quantize`` mode and no observer is left attached.
+    """
+    for q in qsim.act_quantizers.values():
+        q.observer = make_observer()
+    qsim.set_mode("off")
+    qsim.set_mode("observe", "activations")
+    try:
+        with torch.inference_mode():
+            for inputs, _ in reporter.track(calib.batches(batch_size), "calibrating",
+                                            total=-(-len(calib) // batch_size)):
+                qsim(inputs)
+        for q in qsim.act_quantizers.values():
+            assert q.observer is not None
+            q.set_range(*q.observer.compute_range())
+    finally:
+        for q in qsim.act_quantizers.values():
+            q.observer = None
+        qsim.set_mode("quantize")

@@ -1,0 +1,303 @@
+"""QuantSim: a float model with fake-quantizers where the target runtime quantizes.
+
+The backend owns *where* quantizers go (a :class:`Placement`); methods own *how* their parameters
+are chosen (they set ranges or qparams on the :class:`Quantizer` modules). ``QuantSim.from_float``
+traces the model with torch.fx, folds BatchNorm, swaps conv/linear layers for versions with a weight
+quantizer, and inserts an activation quantizer after each point the runtime writes an integer tensor:
+
+* the network input;
+* each conv/linear output, after the activation fused into it (ReLU, ReLU6, Hardtanh) when that
+  activation is its only consumer;
+* each residual add (after a fused ReLU), each concatenation;
+* pooling outputs where the runtime requantizes (average pooling, mean);
+* any other op the runtime executes in integer arithmetic.
+
+Pass-through ops that keep their input's qparams (max pooling, flatten, reshape, dropout, identity)
+get no quantizer.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from mqbench.quant import functional as Q
+from mqbench.quant.estimators import Observer
+from mqbench.quant.graph import LayerInfo, fold_batchnorm, trace, weighted_layers
+from mqbench.schemes import QuantScheme
+
+Mode = Literal["quantize", "observe", "off"]
+
+
+class Quantizer(nn.Module):
+    """Fake-quantizes one tensor. ``mode``: ``quantize`` (needs qparams), ``observe`` (feeds
+    ``observer`` and passes the float tensor through), or ``off`` (identity)."""
+
+    def __init__(self, name: str, kind: Literal["weight", "activation"], bits: int, symmetric: bool,
+                 signed: bool, power_of_two: bool, axis: int | None) -> None:
+        super().__init__()
+        self.name, self.kind = name, kind
+        self.bits, self.symmetric, self.signed, self.power_of_two, self.axis = bits, symmetric, signed, power_of_two, axis
+        self.qmin, self.qmax = Q.quant_range(bits, signed)
+        self.register_buffer("scale", None)
+        self.register_buffer("zero_point", None)
+        self.observer: Observer | None = None
+        self.mode: Mode = "quantize"
+
+    @property
+    def per_channel(self) -> bool:
+        return self.axis is not None
+
+    @property
+    def calibrated(self) -> bool:
+        return self.scale is not None
+
+    def set_range(self, min_val: torch.Tensor, max_val: torch.Tensor) -> None:
+        """Set qparams covering ``[min_val, max_val]`` with this quantizer's bits and symmetry."""
+        scale, zp = Q.qparams_from_range(min_val, max_val, bits=self.bits, symmetric=self.symmetric,
+                                         signed=self.signed, power_of_two=self.power_of_two)
+        self.set_qparams(scale, zp)
+
+    def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
+        expected = () if self.axis is None else None
+        if expected is not None and scale.dim() != 0:
+            raise ValueError(f"quantizer {self.name} is per-tensor but got {scale.numel()} scales")
+        self.scale = scale.detach().float().clone()
+        self.zero_point = zero_point.detach().to(torch.int64).clone()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == "off":
+            return x
+        if self.mode == "observe":
+            if self.observer is None:
+                raise RuntimeError(f"quantizer {self.name} is in observe mode without an observer")
+            self.observer.observe(x)
+            return x
+        if self.scale is None or self.zero_point is None:
+            raise RuntimeError(f"quantizer {self.name} has no qparams: the pipeline needs a calibrate step")
+        return Q.fake_quantize(x, self.scale, self.zero_point, qmin=self.qmin, qmax=self.qmax, axis=self.axis)
+
+    def export(self) -> dict[str, Any]:
+        """JSON-serialisable qparams and settings."""
+        return {
+            "kind": self.kind, "bits": self.bits, "symmetric": self.symmetric, "signed": self.signed,
+            "power_of_two": self.power_of_two, "axis": self.axis, "qmin": self.qmin, "qmax": self.qmax,
+            "scale": None if self.scale is None else self.scale.tolist(),
+            "zero_point": None if self.zero_point is None else self.zero_point.tolist(),
+        }
+
+    def extra_repr(self) -> str:
+        return f"{self.name}, {self.kind}, bits={self.bits}, mode={self.mode}, per_channel={self.per_channel}"
+
+
+class QuantConv2d(nn.Conv2d):
+    """Conv2d whose weight passes through ``weight_quantizer`` (float bias, as int8 runtimes keep int32 bias)."""
+
+    weight_quantizer: Quantizer
+
+    @classmethod
+    def from_float(cls, conv: nn.Conv2d, quantizer: Quantizer) -> QuantConv2d:
+        new = cls(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,  # type: ignore[arg-type]
+                  conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)  # type: ignore[arg-type]
+        new.load_state_dict(conv.state_dict())
+        new.weight_quantizer = quantizer
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight_quantizer(self.weight), self.bias)
+
+
+class QuantLinear(nn.Linear):
+    """Linear whose weight passes through ``weight_quantizer``."""
+
+    weight_quantizer: Quantizer
+
+    @classmethod
+    def from_float(cls, linear: nn.Linear, quantizer: Quantizer) -> QuantLinear:
+        new = cls(linear.in_features, linear.out_features, linear.bias is not None)
+        new.load_state_dict(linear.state_dict())
+        new.weight_quantizer = quantizer
+        return new
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight_quantizer(self.weight), self.bias)
+
+
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp}
+_PASSTHROUGH_MODULES = (nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
+_PASSTHROUGH_FUNCTIONS = {torch.flatten, F.max_pool2d, F.dropout, torch.reshape, operator.getitem, getattr}
+_PASSTHROUGH_METHODS = {"flatten", "view", "reshape", "contiguous", "size", "squeeze", "unsqueeze"}
+_POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
+_POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean}
+_ADD_FUNCTIONS = {operator.add, torch.add}
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where a backend's runtime quantizes (see the module docstring). Backends pass their own."""
+
+    quantize_input: bool = True
+    fuse_activations: bool = True
+    fuse_add_relu: bool = True
+    requantize_pooling: bool = True
+
+
+class QuantSim(nn.Module):
+    """The simulated quantized model. Build with :meth:`from_float`."""
+
+    def __init__(self, model: fx.GraphModule, scheme: QuantScheme, layers: list[LayerInfo],
+                 weight_quantizers: dict[str, Quantizer], act_quantizers: dict[str, Quantizer],
+                 placement: Placement) -> None:
+        super().__init__()
+        self.model = model
+        self.scheme = scheme
+        self.layers = layers
+        self.placement = placement
+        self.weight_quantizers = weight_quantizers
+        self.act_quantizers = act_quantizers
+
+    @classmethod
+    def from_float(cls, model: nn.Module, scheme: QuantScheme, placement: Placement | None = None) -> QuantSim:
+        """Trace ``model``, fold BN, and place quantizers for ``scheme`` as ``placement`` says."""
+        if scheme.is_float:
+            raise ValueError("QuantSim needs a quantizing scheme, not fp32")
+        placement = placement or Placement()
+        gm = fold_batchnorm(trace(model))
+        layers = weighted_layers(gm)
+        weight_q: dict[str, Quantizer] = {}
+        assert scheme.weight_bits is not None
+        for info in layers:
+            layer = gm.get_submodule(info.name)
+            quantizer = Quantizer(info.name, "weight", scheme.weight_bits, scheme.weight_symmetric, True,
+                                  scheme.power_of_two, 0 if scheme.weight_granularity == "channel" else None)
+            new = (QuantConv2d.from_float(layer, quantizer) if isinstance(layer, nn.Conv2d)
+                   else QuantLinear.from_float(layer, quantizer))  # type: ignore[arg-type]
+            parent_name, _, attr = info.name.rpartition(".")
+            setattr(gm.get_submodule(parent_name) if parent_name else gm, attr, new)
+            weight_q[info.name] = quantizer
+        act_q: dict[str, Quantizer] = {}
+        if scheme.act_bits is not None:
+            act_q = _insert_activation_quantizers(gm, scheme, placement)
+        gm.recompile()
+        return cls(gm, scheme, layers, weight_q, act_q, placement)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+    def layer_weight(self, name: str) -> torch.Tensor:
+        """The float (BN-folded) weight of layer ``name``."""
+        weight = self.model.get_submodule(name).weight
+        assert isinstance(weight, torch.Tensor)
+        return weight
+
+    def quantizers(self) -> Iterator[Quantizer]:
+        yield from self.weight_quantizers.values()
+        yield from self.act_quantizers.values()
+
+    def set_mode(self, mode: Mode, which: Literal["all", "weights", "activations"] = "all") -> None:
+        targets = {"all": list(self.quantizers()), "weights": list(self.weight_quantizers.values()),
+                   "activations": list(self.act_quantizers.values())}[which]
+        for q in targets:
+            q.mode = mode
+
+    @contextmanager
+    def float_mode(self) -> Iterator[None]:
+        """Temporarily turn every quantizer off (the float model, BN folded)."""
+        saved = {id(q): q.mode for q in self.quantizers()}
+        self.set_mode("off")
+        try:
+            yield
+        finally:
+            for q in self.quantizers():
+                q.mode = saved[id(q)]
+
+    def export_qparams(self) -> dict[str, Any]:
+        return {"scheme": self.scheme.name,
+                "weights": {n: q.export() for n, q in self.weight_quantizers.items()},
+                "activations": {n: q.export() for n, q in self.act_quantizers.items()}}
+
+
+def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), _ACTIVATION_MODULES)
+    if node.op == "call_function":
+        return node.target in _ACTIVATION_FUNCTIONS
+    return node.op == "call_method" and node.target in ("relu", "clamp")
+
+
+def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), _PASSTHROUGH_MODULES)
+    if node.op == "call_function":
+        return node.target in _PASSTHROUGH_FUNCTIONS
+    if node.op == "call_method":
+        return node.target in _PASSTHROUGH_METHODS
+    return node.op in ("get_attr", "output")
+
+
+def _is_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+    if node.op == "call_module":
+        return isinstance(modules.get(str(node.target)), _POOL_MODULES)
+    return (node.op == "call_function" and node.target in _POOL_FUNCTIONS) or (
+        node.op == "call_method" and node.target == "mean")
+
+
+def _is_add(node: fx.Node) -> bool:
+    return ((node.op == "call_function" and node.target in _ADD_FUNCTIONS) or
+            (node.op == "call_method" and node.target == "add"))
+
+
+def _point_name(node: fx.Node) -> str:
+    return str(node.target) if node.op == "call_module" else node.name
+
+
+def _not(node: fx.Node) -> Callable[[fx.Node], bool]:
+    return lambda user: user is not node
+
+
+def _insert_activation_quantizers(gm: fx.GraphModule, scheme: QuantScheme, placement: Placement) -> dict[str, Quantizer]:
+    modules = dict(gm.named_modules())
+    points: list[fx.Node] = []
+    covered: set[fx.Node] = set()
+    for node in gm.graph.nodes:
+        if node in covered or _is_passthrough(node, modules):
+            continue
+        if node.op == "placeholder":
+            if placement.quantize_input:
+                points.append(node)
+            continue
+        m = modules.get(str(node.target)) if node.op == "call_module" else None
+        point = node
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or _is_add(node):
+            fuse = placement.fuse_activations if not _is_add(node) else placement.fuse_add_relu
+            users = list(node.users)
+            if fuse and len(users) == 1 and _is_activation(users[0], modules):
+                point = users[0]
+                covered.add(point)
+        elif _is_pool(node, modules) and not placement.requantize_pooling:
+            continue
+        points.append(point)
+    container = nn.ModuleDict()
+    gm.add_module("activation_quantizers", container)
+    quantizers: dict[str, Quantizer] = {}
+    bits = scheme.effective_act_bits
+    assert bits is not None
+    for point in points:
+        name = _point_name(point)
+        key = name.replace(".", "_")
+        q = Quantizer(name, "activation", bits, scheme.act_symmetric, scheme.act_signed, scheme.power_of_two, None)
+        container[key] = q
+        quantizers[name] = q
+        with gm.graph.inserting_after(point):
+            new = gm.graph.call_module(f"activation_quantizers.{key}", (point,))
+        point.replace_all_uses_with(new, delete_user_cb=_not(new))
+    gm.graph.lint()
+    return quantizers

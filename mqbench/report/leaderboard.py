@@ -1,0 +1,175 @@
+"""Leaderboard tables derived from records only: rich (terminal), Markdown, CSV and JSON.
+
+For each config hash the newest record wins (records are append-only; ``--force`` reruns add newer
+ones). A row's accuracy is the deployed model's where the backend runs a real executable, otherwise
+the simulation's. ``delta_top1`` is the difference to the ``fp32`` row of the same dataset, model,
+weights, seed and evaluation size.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from mqbench.store import LoadResult
+
+FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme", "seed", "status", "evaluated",
+          "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "note", "record")
+
+
+def _latest(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    newest: dict[str, dict[str, Any]] = {}
+    for r in records:  # sorted oldest first by the store
+        newest[r["config_hash"]] = r
+    return list(newest.values())
+
+
+def _accuracy(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    metrics = record.get("metrics") or {}
+    for which in ("deployed", "sim"):
+        acc = (metrics.get(which) or {}).get("accuracy")
+        if acc:
+            return which, acc
+    return None, None
+
+
+def _group_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["dataset"], row["model"], row["weights"], row["seed"], row["n_config"])
+
+
+def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for r in _latest(records):
+        c = r["config"]
+        which, acc = _accuracy(r)
+        note = ""
+        if r["status"] == "failed":
+            err = r.get("error") or {}
+            note = f"{err.get('type', 'Error')}: {err.get('message', '')}"[:200]
+        elif r["status"] == "skipped":
+            note = r.get("skip_reason", "")
+        row: dict[str, Any] = {
+            "suite": r.get("suite"), "dataset": c.get("dataset"), "model": c.get("model"),
+            "weights": c.get("weights"), "pipeline": c.get("pipeline"), "backend": c.get("backend"),
+            "scheme": c.get("scheme"), "seed": c.get("seed"), "status": r["status"], "evaluated": which,
+            "top1": None, "top1_lo": None, "top1_hi": None, "top5": None, "top5_lo": None, "top5_hi": None,
+            "n": None, "delta_top1": None, "note": note, "record": Path(r.get("_path", "")).name,
+            "n_config": c.get("eval_limit"),
+        }
+        if acc:
+            row.update(top1=acc["top1"]["value"], top1_lo=acc["top1"]["ci95"][0], top1_hi=acc["top1"]["ci95"][1],
+                       top5=acc["top5"]["value"], top5_lo=acc["top5"]["ci95"][0], top5_hi=acc["top5"]["ci95"][1],
+                       n=acc["n"])
+        rows.append(row)
+    refs = {_group_key(r): r["top1"] for r in rows
+            if r["pipeline"] == "fp32" and r["status"] == "ok" and r["top1"] is not None}
+    for row in rows:
+        ref = refs.get(_group_key(row))
+        if ref is not None and row["top1"] is not None:
+            row["delta_top1"] = row["top1"] - ref
+    rows.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), str(r["weights"]), r["pipeline"] != "fp32",
+                             str(r["pipeline"]), str(r["scheme"]), str(r["backend"]), r["seed"] or 0))
+    for row in rows:
+        del row["n_config"]
+    return rows
+
+
+def _pct(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:.2f}"
+
+
+def _ci(row: dict[str, Any], k: str) -> str:
+    if row[k] is None:
+        return ""
+    return f"{_pct(row[k])} [{_pct(row[k + '_lo'])}, {_pct(row[k + '_hi'])}]"
+
+
+def _delta(v: float | None) -> str:
+    return "" if v is None else f"{100 * v:+.2f}"
+
+
+def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], list[dict[str, Any]]]:
+    out: dict[tuple[str, str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault((str(r["dataset"]), str(r["model"]), str(r["weights"])), []).append(r)
+    return out
+
+
+def _provenance_line(records: Sequence[dict[str, Any]]) -> str:
+    machines = sorted({f"{r['provenance']['cpu']['model']} ({r['provenance']['threads']} threads), "
+                       f"torch {r['provenance']['torch']}" for r in _latest(records) if r.get("provenance")})
+    if not machines:
+        return ""
+    flag = "" if len(machines) == 1 else " WARNING: records from several machines or library versions are mixed"
+    return f"Measured on: {'; '.join(machines)}.{flag}"
+
+
+STATUS_TEXT = {"ok": "", "failed": "FAILED", "skipped": "skipped"}
+
+
+def render_markdown(loaded: LoadResult) -> str:
+    rows = rows_from_records(loaded.records)
+    lines = ["# mqbench leaderboard", ""]
+    if not rows:
+        lines.append("No records.")
+    for (dataset, model, weights), group in _groups(rows).items():
+        lines += [f"## {model} ({weights}) on {dataset}", "",
+                  "| pipeline | scheme | backend | top-1 % [95% CI] | top-5 % | Δ top-1 vs fp32 | n | status |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in group:
+            status = STATUS_TEXT[r["status"]] + (f" ({r['note']})" if r["note"] else "")
+            lines.append(f"| {r['pipeline']} | {r['scheme']} | {r['backend']} | {_ci(r, 'top1')} | {_pct(r['top5'])} "
+                         f"| {_delta(r['delta_top1'])} | {r['n'] or ''} | {status.strip()} |")
+        lines.append("")
+    prov = _provenance_line(loaded.records)
+    if prov:
+        lines += [prov, ""]
+    for path, problem in loaded.problems:
+        lines.append(f"- skipped {path.name}: {problem}")
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def render_csv(loaded: LoadResult) -> str:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(FIELDS), lineterminator="\n")
+    writer.writeheader()
+    for row in rows_from_records(loaded.records):
+        writer.writerow(row)
+    return buf.getvalue()
+
+
+def render_json(loaded: LoadResult) -> str:
+    return json.dumps({"schema": "mqbench.leaderboard", "schema_version": 1,
+                       "rows": rows_from_records(loaded.records),
+                       "problems": [{"file": p.name, "problem": why} for p, why in loaded.problems]},
+                      indent=1, sort_keys=True) + "\n"
+
+
+def print_rich(loaded: LoadResult, console: Console) -> None:
+    rows = rows_from_records(loaded.records)
+    if not rows:
+        console.print("No records yet: run `mqbench run --all`.")
+    for (dataset, model, weights), group in _groups(rows).items():
+        table = Table(title=f"{model} ({weights}) on {dataset}", title_justify="left")
+        for col, just in (("pipeline", "left"), ("scheme", "left"), ("backend", "left"), ("top-1 % [95% CI]", "right"),
+                          ("top-5 %", "right"), ("Δ vs fp32", "right"), ("n", "right"), ("status", "left")):
+            table.add_column(col, justify=just)  # type: ignore[arg-type]
+        for r in group:
+            status = STATUS_TEXT[r["status"]] + (f" {r['note']}" if r["note"] else "")
+            style = "red" if r["status"] == "failed" else ("dim" if r["status"] == "skipped" else None)
+            table.add_row(r["pipeline"], r["scheme"], r["backend"], _ci(r, "top1"), _pct(r["top5"]),
+                          _delta(r["delta_top1"]), str(r["n"] or ""), status.strip(), style=style)
+        console.print(table)
+    prov = _provenance_line(loaded.records)
+    if prov:
+        console.print(prov, style="dim")
+
+
+RENDERERS = {"md": render_markdown, "csv": render_csv, "json": render_json}

@@ -1,0 +1,115 @@
+"""The record store: append-only JSON records, one file per finished cell, written atomically.
+
+Layout: ``<results>/records/<created>-<config hash>-<record id>.json``. A record is first written to
+a hidden ``.*.partial`` temp file in the same directory, fsynced, then hard-linked to its final name
+(which fails rather than overwrite an existing file) and the temp file removed: a killed run leaves
+at most a hidden temp file, which is never read as a record. Files that are not valid records
+(corrupt JSON, foreign files, a newer schema) are reported by name and skipped, never modified.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mqbench.errors import ResultsDirError
+
+SCHEMA = "mqbench.record"
+SCHEMA_VERSION = 1
+STATUSES = ("ok", "failed", "skipped")
+
+
+@dataclass
+class LoadResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def validate(data: Any) -> str | None:
+    """None if ``data`` is a record this mqbench can read, otherwise why not."""
+    if not isinstance(data, dict) or data.get("schema") != SCHEMA:
+        return "not an mqbench record (no \"schema\": \"mqbench.record\")"
+    version = data.get("schema_version")
+    if not isinstance(version, int):
+        return "record without an integer schema_version"
+    if version > SCHEMA_VERSION:
+        return f"written by a newer mqbench (schema {version} > {SCHEMA_VERSION}); upgrade mqbench to read it"
+    for key, typ in (("config_hash", str), ("config", dict), ("status", str), ("record_id", str), ("created", str)):
+        if not isinstance(data.get(key), typ):
+            return f"record field {key!r} is missing or not a {typ.__name__}"
+    if data["status"] not in STATUSES:
+        return f"record status {data['status']!r} is not one of {STATUSES}"
+    return None
+
+
+class Store:
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+        self.records_dir = self.root / "records"
+
+    def ensure_writable(self) -> None:
+        """Create the records directory and prove it is writable, or raise ResultsDirError."""
+        try:
+            self.records_dir.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=self.records_dir, prefix=".write-check-", suffix=".partial"):
+                pass
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            raise ResultsDirError(f"results directory {self.root} is not writable ({reason}); "
+                                  "choose another with --results") from None
+
+    def append(self, record: dict[str, Any]) -> Path:
+        """Write ``record`` atomically as a new file; never replaces an existing file."""
+        problem = validate(record)
+        if problem:
+            raise ValueError(f"refusing to store an invalid record: {problem}")
+        self.records_dir.mkdir(parents=True, exist_ok=True)
+        stamp = record["created"].replace(":", "").replace("-", "").split(".")[0]
+        name = f"{stamp}-{record['config_hash'][:12]}-{record['record_id'][:8]}.json"
+        final = self.records_dir / name
+        data = json.dumps(record, indent=1, sort_keys=True, allow_nan=False).encode() + b"\n"
+        fd, tmp = tempfile.mkstemp(dir=self.records_dir, prefix=f".{name}.", suffix=".partial")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+                f.flush()
+                os.fsync(f.fileno())
+            os.link(tmp, final)  # raises FileExistsError instead of overwriting
+        finally:
+            Path(tmp).unlink(missing_ok=True)
+        return final
+
+    def load(self) -> LoadResult:
+        """Every readable record (sorted by creation time) and the files that are not records."""
+        out = LoadResult()
+        if not self.records_dir.is_dir():
+            return out
+        for path in sorted(self.records_dir.glob("*.json")):
+            if path.name.startswith("."):
+                continue
+            try:
+                data = json.loads(path.read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as exc:
+                out.problems.append((path, f"not valid JSON ({type(exc).__name__}: {str(exc)[:80]})"))
+                continue
+            problem = validate(data)
+            if problem:
+                out.problems.append((path, problem))
+                continue
+            data["_path"] = str(path)
+            out.records.append(data)
+        out.records.sort(key=lambda r: (r["created"], r["record_id"]))
+        return out
+
+    def completed_hashes(self) -> set[str]:
+        """Config hashes with a stored ``ok`` or ``skipped`` record (failed cells are retried)."""
+        return {r["config_hash"] for r in self.load().records if r["status"] in ("ok", "skipped")}
+
+
+def new_record_id() -> str:
+    return uuid.uuid4().hex

@@ -1,0 +1,91 @@
+"""A template mqbench plugin: one model and one method, registered through the public API only.
+
+Everything a plugin author needs is imported from ``mqbench`` and its plugin-facing modules; the
+hook functions below are found by name (see ``mqbench/hookspecs.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from mqbench import hookimpl
+from mqbench.data import Split
+from mqbench.methods import Method, MethodConfig, StepContext
+from mqbench.models import ModelSpec, TrainedWeights
+from mqbench.quant.calibration import calibrate_activations, calibrate_weights
+from mqbench.quant.estimators import MinMaxObserver, Observer
+from mqbench.quant.qsim import QuantSim
+from mqbench.registry import Registry
+
+__version__ = "0.1.0"
+
+
+class TinyCNN(nn.Module):
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(16, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+        )
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.classifier = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
+
+
+class MeanStdObserver(Observer):
+    """Range = mean +- k * std of everything observed, clipped to the observed min/max."""
+
+    def __init__(self, k: float) -> None:
+        super().__init__(axis=None)
+        self.k = k
+        self.total = self.total_sq = 0.0
+        self.n = 0
+        self.lo, self.hi = float("inf"), float("-inf")
+
+    def observe(self, x: torch.Tensor) -> None:
+        x = x.detach().double()
+        self.total += float(x.sum())
+        self.total_sq += float((x * x).sum())
+        self.n += x.numel()
+        self.lo, self.hi = min(self.lo, float(x.min())), max(self.hi, float(x.max()))
+
+    def compute_range(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.n == 0:
+            raise RuntimeError("MeanStdObserver saw no data")
+        mean = self.total / self.n
+        std = max(self.total_sq / self.n - mean * mean, 0.0) ** 0.5
+        return torch.tensor(max(self.lo, mean - self.k * std)), torch.tensor(min(self.hi, mean + self.k * std))
+
+
+@dataclass(frozen=True)
+class MeanStdConfig(MethodConfig):
+    k: float = 6.0
+
+
+class MeanStd(Method):
+    name = "template_meanstd"
+    stage = "calibrate"
+    description = "template plugin: activation ranges mean +- k std, weights min/max"
+    version = __version__
+    config_type = MeanStdConfig
+
+    def calibrate(self, qsim: QuantSim, calib: Split, config: MethodConfig, ctx: StepContext) -> None:
+        assert isinstance(config, MeanStdConfig)
+        calibrate_weights(qsim, MinMaxObserver)
+        calibrate_activations(qsim, calib, lambda: MeanStdObserver(config.k), ctx.batch_size, ctx.reporter)
+
+
+@hookimpl
+def mqbench_register_models(register: Registry[ModelSpec]) -> None:
+    register(ModelSpec("template_tinycnn", TinyCNN, "template plugin: two-conv CNN for 32x32 inputs",
+                       "plain_cnn", 32, (TrainedWeights("synthetic", "trained on the synthetic dataset", epochs=3),)))
+
+
+@hookimpl
+def mqbench_register_methods(register: Registry[Method]) -> None:
+    register(MeanStd())

@@ -1,0 +1,61 @@
+"""Tests of the template plugin, run as a plugin author would: the real CLI in a temp project."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from mqbench_template import MeanStdObserver
+
+
+def mqbench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "mqbench", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=600)
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    env = {**os.environ, "MQBENCH_CACHE": str(tmp_path / "cache"), "MQBENCH_RESULTS": str(tmp_path / "results")}
+    env.pop("MQBENCH_DISABLE_PLUGINS", None)
+    return tmp_path, env
+
+
+def test_meanstd_observer_clips_to_k_std() -> None:
+    obs = MeanStdObserver(k=1.0)
+    x = torch.tensor([-1.0, 1.0] * 50 + [100.0])
+    obs.observe(x)
+    lo, hi = obs.compute_range()
+    mean, std = float(x.double().mean()), float(x.double().std(unbiased=False))
+    assert float(lo) == pytest.approx(mean - std, rel=1e-6)
+    assert float(hi) == pytest.approx(mean + std, rel=1e-6)
+    assert float(hi) < 100.0  # the outlier is clipped
+
+
+def test_plugin_is_listed(project: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = project
+    res = mqbench("plugins", "--json", cwd=cwd, env=env)
+    assert res.returncode == 0, res.stderr
+    info = {p["name"]: p for p in json.loads(res.stdout)}["template"]
+    assert info["status"] == "loaded" and info["source"] == "entry point"
+    assert info["registered"] == {"model": ["template_tinycnn"], "method": ["template_meanstd"]}
+    models = json.loads(mqbench("list", "models", "--json", cwd=cwd, env=env).stdout)
+    assert "template_tinycnn" in {m["name"] for m in models}
+
+
+def test_plugin_runs_in_a_cell(project: tuple[Path, dict[str, str]]) -> None:
+    cwd, env = project
+    res = mqbench("run", "--model", "template_tinycnn", "--method", "template_meanstd", "--method", "fp32",
+                  "--scheme", "w8a8-pt", "--limit", "500", "--quiet", cwd=cwd, env=env)
+    assert res.returncode == 0, res.stderr
+    board = json.loads(mqbench("leaderboard", "--format", "json", cwd=cwd, env=env).stdout)
+    rows = {r["pipeline"]: r for r in board["rows"]}
+    assert rows["template_meanstd"]["status"] == "ok"
+    assert rows["template_meanstd"]["n"] == 500
+    # A 3-epoch tiny CNN is well above chance (10%) and 8-bit quantization keeps it within 5 points.
+    assert rows["fp32"]["top1"] > 0.4
+    assert abs(rows["template_meanstd"]["delta_top1"]) < 0.05
