@@ -56,8 +56,11 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=config.epochs * steps_per_epoch,
-                                                pct_start=0.25)
+    total_steps = config.epochs * steps_per_epoch
+    # One-cycle (warm-up then cosine decay); it needs a few steps to have a warm-up phase at all.
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
+                                                 pct_start=max(0.25, 2 / total_steps))
+             if total_steps >= 4 else None)
     history: list[dict[str, float]] = []
     test_top1: float | None = None
     for epoch in range(config.epochs):
@@ -77,7 +80,8 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
-            sched.step()
+            if sched is not None:
+                sched.step()
             loss_sum += float(loss.detach()) * len(idx)
             seen += len(idx)
             correct += int((logits.argmax(1) == y).sum())

@@ -1,0 +1,43 @@
+"""Test helpers: fake installed plugin distributions, running the real CLI."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def make_plugin_site(site: Path, dist: str, entry_name: str, module: str, source: str) -> Path:
+    """Write ``module.py`` and a ``dist-info`` declaring entry point ``entry_name`` in group ``mqbench``
+    into ``site`` (a directory to put on sys.path / PYTHONPATH), as pip would install it."""
+    site.mkdir(parents=True, exist_ok=True)
+    (site / f"{module}.py").write_text(textwrap.dedent(source))
+    info = site / f"{dist.replace('-', '_')}-1.0.dist-info"
+    info.mkdir(exist_ok=True)
+    (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {dist}\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(f"[mqbench]\n{entry_name} = {module}\n")
+    return site
+
+
+def cli_env(cache: Path, extra_path: Path | None = None, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("MQBENCH_DISABLE_PLUGINS", "MQBENCH_RESULTS")}
+    env["MQBENCH_CACHE"] = str(cache)
+    if extra_path is not None:
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(extra_path), env.get("PYTHONPATH", "")) if p)
+    env.update(extra)
+    return env
+
+
+def mqbench(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI (``python -m mqbench``) in a subprocess."""
+    return subprocess.run([sys.executable, "-m", "mqbench", *args], env=env, cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def popen_mqbench(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    return subprocess.Popen([sys.executable, "-m", "mqbench", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)

@@ -1,0 +1,64 @@
+"""Leaderboards are derived from records only: newest record per cell, deltas to fp32, all formats."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from pathlib import Path
+
+from mqbench.report import leaderboard
+from mqbench.store import SCHEMA, SCHEMA_VERSION, LoadResult, Store
+
+
+def rec(pipeline: str, scheme: str, top1: float | None, created: str, status: str = "ok", h: str | None = None,
+        model: str = "m") -> dict:
+    r = {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "record_id": created[-6:] + "x" * 26,
+         "created": created, "config_hash": h or f"{model}-{pipeline}-{scheme}", "status": status, "suite": "quick",
+         "config": {"dataset": "synthetic", "model": model, "weights": "w", "pipeline": pipeline, "backend": "simulated",
+                    "scheme": scheme, "seed": 0, "eval_limit": None},
+         "provenance": {"cpu": {"model": "CPU X"}, "threads": 2, "torch": "2.13.0"}}
+    if top1 is not None:
+        acc = {"n": 1000, "top1": {"value": top1, "ci95": [top1 - 0.02, top1 + 0.02]},
+               "top5": {"value": 0.99, "ci95": [0.98, 1.0]}}
+        r["metrics"] = {"sim": {"accuracy": acc}}
+    if status == "failed":
+        r["error"] = {"type": "RuntimeError", "message": "boom"}
+    return r
+
+
+def test_rows_newest_wins_and_delta_to_fp32() -> None:
+    records = [rec("fp32", "fp32", 0.9, "2026-01-01T00:00:01"), rec("minmax", "w8a8-pt", 0.5, "2026-01-01T00:00:02"),
+               rec("minmax", "w8a8-pt", 0.8, "2026-01-01T00:00:03"),
+               rec("boom", "w8a8-pt", None, "2026-01-01T00:00:04", status="failed")]
+    rows = leaderboard.rows_from_records(records)
+    assert [(r["pipeline"], r["status"]) for r in rows] == [("fp32", "ok"), ("boom", "failed"), ("minmax", "ok")]
+    mm = rows[2]
+    assert mm["top1"] == 0.8 and abs(mm["delta_top1"] - (-0.1)) < 1e-12 and mm["evaluated"] == "sim"
+    assert rows[1]["note"] == "RuntimeError: boom" and rows[1]["top1"] is None
+
+
+def test_formats_render_the_same_numbers_deterministically(tmp_path: Path) -> None:
+    records = [rec("fp32", "fp32", 0.9, "2026-01-01T00:00:01"), rec("minmax", "w8a8-pc", 0.8875, "2026-01-01T00:00:02")]
+    loaded = LoadResult(records=records, problems=[(tmp_path / "junk.json", "not valid JSON")])
+    md = leaderboard.render_markdown(loaded)
+    assert "| minmax | w8a8-pc | simulated | 88.75 [86.75, 90.75] | 99.00 | -1.25 | 1000 |  |" in md
+    assert "skipped junk.json: not valid JSON" in md and "Measured on: CPU X (2 threads), torch 2.13.0." in md
+    assert md == leaderboard.render_markdown(loaded)
+    rows = list(csv.DictReader(io.StringIO(leaderboard.render_csv(loaded))))
+    assert [r["top1"] for r in rows] == ["0.9", "0.8875"] and list(rows[0]) == list(leaderboard.FIELDS)
+    js = json.loads(leaderboard.render_json(loaded))
+    assert js["schema_version"] == 1 and js["rows"][1]["delta_top1"] < 0 and js["problems"][0]["file"] == "junk.json"
+
+
+def test_mixed_machines_are_flagged() -> None:
+    a = rec("fp32", "fp32", 0.9, "2026-01-01T00:00:01")
+    b = rec("minmax", "w8a8-pt", 0.8, "2026-01-01T00:00:02")
+    b["provenance"] = {**b["provenance"], "torch": "2.12.0"}
+    assert "WARNING: records from several machines" in leaderboard.render_markdown(LoadResult([a, b]))
+
+
+def test_leaderboard_from_a_store(tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    store.append(rec("fp32", "fp32", 0.9, "2026-01-01T00:00:01.000001+00:00"))
+    assert "| fp32 | fp32 | simulated | 90.00" in leaderboard.render_markdown(store.load())

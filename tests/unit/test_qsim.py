@@ -1,0 +1,111 @@
+"""QuantSim: quantizers where an int8 runtime quantizes, BN folded exactly, weights on the grid."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mqbench.models.builtin import quick_cnn, quick_mobilenet_v1, quick_mobilenet_v2
+from mqbench.quant.calibration import calibrate_activations, calibrate_weights
+from mqbench.quant.estimators import MinMaxObserver
+from mqbench.quant.graph import fold_batchnorm, trace, weighted_layers
+from mqbench.quant.qsim import Placement, QuantSim
+from mqbench.schemes import parse_scheme
+from mqbench.data.synthetic import generate
+
+
+def _randomize_bn(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
+    return model.eval()
+
+
+@pytest.mark.parametrize("build", [quick_cnn, quick_mobilenet_v1, quick_mobilenet_v2])
+def test_bn_folding_preserves_the_function(build) -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(build(10))
+    x = torch.randn(4, 3, 32, 32)
+    folded = fold_batchnorm(trace(model))
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in folded.modules())
+    with torch.no_grad():
+        assert torch.allclose(folded(x), model(x), atol=1e-4, rtol=1e-4)
+
+
+def test_quantization_points_of_mobilenet_v2() -> None:
+    model = quick_mobilenet_v2(10).eval()
+    qsim = QuantSim.from_float(model, parse_scheme("w8a8"))
+    points = list(qsim.act_quantizers)
+    assert points[0] == "x"  # network input
+    assert "features.0.2" in points  # stem conv output after its fused ReLU6, not the conv itself
+    assert "features.0.0" not in points
+    assert "features.1.conv.1" in points  # linear bottleneck (conv without activation)
+    adds = [p for p in points if p.startswith("add")]
+    assert len(adds) == sum(1 for m in model.modules() if getattr(m, "use_res_connect", False)) == 3
+    assert "pool" in points  # average pool requantizes
+    assert points[-1] == "classifier.1"  # logits
+    # every weighted layer has a weight quantizer; weights per tensor for -pt
+    assert set(qsim.weight_quantizers) == {layer.name for layer in weighted_layers(qsim.model)}
+    assert all(q.axis is None for q in qsim.weight_quantizers.values())
+
+
+def test_placement_is_the_backends_choice() -> None:
+    model = quick_mobilenet_v2(10).eval()
+    default = QuantSim.from_float(model, parse_scheme("w8a8"))
+    other = QuantSim.from_float(model, parse_scheme("w8a8"), Placement(quantize_input=False, requantize_pooling=False,
+                                                                         fuse_activations=False))
+    assert "x" not in other.act_quantizers and "pool" not in other.act_quantizers
+    assert "features.0.0" in other.act_quantizers and "features.0.2" in other.act_quantizers
+    assert len(other.act_quantizers) > len(default.act_quantizers)
+
+
+def test_max_pool_and_flatten_are_pass_through() -> None:
+    qsim = QuantSim.from_float(quick_cnn(10).eval(), parse_scheme("w8a8"))
+    assert not any("features_2" == p or p.startswith("flatten") for p in qsim.act_quantizers)
+    assert not any(isinstance(qsim.model.get_submodule(p), nn.MaxPool2d)
+                   for p in qsim.act_quantizers if "." in p)
+
+
+def test_weights_only_scheme_has_no_activation_quantizers() -> None:
+    qsim = QuantSim.from_float(quick_cnn(10).eval(), parse_scheme("w4"))
+    assert qsim.act_quantizers == {} and len(qsim.weight_quantizers) == 7
+
+
+@pytest.mark.parametrize(("scheme", "levels"), [("w4a8-pc", 16), ("w8a8-pt", 256)])
+def test_calibrated_weights_lie_on_the_grid(scheme: str, levels: int) -> None:
+    torch.manual_seed(0)
+    qsim = QuantSim.from_float(_randomize_bn(quick_mobilenet_v1(10)), parse_scheme(scheme))
+    calibrate_weights(qsim, MinMaxObserver)
+    for name, q in qsim.weight_quantizers.items():
+        w = q(qsim.layer_weight(name)).detach()
+        per = w.flatten(1) if q.per_channel else w.reshape(1, -1)
+        scale = q.scale.view(-1, 1) if q.per_channel else q.scale
+        ints = per / scale
+        assert torch.allclose(ints, ints.round(), atol=1e-3), name
+        for row in ints.round():
+            assert row.unique().numel() <= levels
+
+
+def test_calibrated_sim_is_close_to_float_at_16_bits_and_uncalibrated_sim_raises() -> None:
+    torch.manual_seed(0)
+    model = _randomize_bn(quick_mobilenet_v2(10))
+    data = generate(0, "calib", 64)
+    qsim = QuantSim.from_float(model, parse_scheme("w16a16-pc"))
+    x = data.normalize(data.images[:8])
+    with pytest.raises(RuntimeError, match="calibrate"):
+        qsim(x)
+    calibrate_weights(qsim, MinMaxObserver)
+    calibrate_activations(qsim, data, MinMaxObserver)
+    with torch.no_grad():
+        ref, out = model(x), qsim(x)
+        with qsim.float_mode():
+            assert torch.allclose(qsim(x), ref, atol=1e-4)
+    rel = float((out - ref).norm() / ref.norm())
+    assert rel < 1e-3
+    exported = qsim.export_qparams()
+    assert exported["scheme"] == "w16a16-pc" and exported["activations"]["x"]["scale"] is not None

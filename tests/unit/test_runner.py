@@ -1,0 +1,84 @@
+"""The runner: expansion, pipelines, config hashes, a cell's flow, failures stored not raised."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mqbench import runner
+from mqbench.errors import UnknownNameError, UsageError
+from mqbench.plugins import BUILTIN_PLUGINS, Plugins
+from mqbench.store import Store
+from mqbench.suites import QUICK
+
+
+@pytest.fixture(scope="module")
+def plugins() -> Plugins:
+    return Plugins(builtins=(*BUILTIN_PLUGINS, "tests.fake_plugins"), entry_points=False, disable=set())
+
+
+def test_quick_suite_expands_to_nine_cells(plugins: Plugins) -> None:
+    cells = runner.expand(plugins, QUICK)
+    assert len(cells) == 9
+    assert {(c.pipeline, c.scheme) for c in cells} == {("fp32", "fp32"), ("minmax", "w8a8-pt"), ("minmax", "w8a8-pc")}
+    hashes = {runner.config_hash(runner.cell_config(c, plugins)) for c in cells}
+    assert len(hashes) == 9
+
+
+def test_overrides_replace_a_dimension_and_canonicalise(plugins: Plugins) -> None:
+    cells = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax"], schemes=["w8a8", "w8a8-pt", "w4a8"])
+    assert [(c.model, c.scheme) for c in cells] == [("quick_cnn", "w8a8-pt"), ("quick_cnn", "w4a8-pt")]
+    assert runner.expand(plugins, QUICK, models=["quick_cnn"], eval_limit=50)[0].eval_limit == 50
+
+
+def test_config_hash_is_stable_and_sensitive() -> None:
+    a = {"model": "m", "scheme": "w8a8-pt", "eval_limit": None}
+    assert runner.config_hash(a) == runner.config_hash(dict(reversed(a.items())))
+    assert runner.config_hash(a) != runner.config_hash({**a, "eval_limit": 100})
+
+
+@pytest.mark.parametrize(("pipeline", "message"), [
+    ("fp32+minmax", "does not quantize"), ("boom+minmax", "2 calibrate steps"), ("minmax+minmax", "twice"),
+    ("minmax+", "malformed"),
+])
+def test_impossible_pipelines_are_rejected(plugins: Plugins, pipeline: str, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        runner.parse_pipeline(pipeline, plugins)
+
+
+def test_unknown_names_fail_before_any_work(plugins: Plugins) -> None:
+    with pytest.raises(UnknownNameError, match="did you mean 'quick_cnn'"):
+        runner.expand(plugins, QUICK, models=["quick_cn"])
+    with pytest.raises(UnknownNameError, match="did you mean 'minmax'"):
+        runner.expand(plugins, QUICK, pipelines=["minmx"])
+    with pytest.raises(UnknownNameError, match="did you mean 'simulated'"):
+        runner.expand(plugins, QUICK, backends=["simulate"])
+
+
+def test_cells_run_fail_and_skip_into_records(plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["fp32", "minmax", "boom"],
+                          backends=["picky"], schemes=["w8a8-pt", "w8a8-pc"], eval_limit=300)
+    store = Store(tmp_path / "results")
+    ws = runner.Workspace(plugins)
+    summary = runner.run(cells, store, ws)
+    by = {(r["config"]["pipeline"], r["config"]["scheme"]): r for r in summary.records}
+    assert by[("fp32", "fp32")]["status"] == "ok"
+    ok = by[("minmax", "w8a8-pt")]
+    assert ok["status"] == "ok" and ok["metrics"]["sim"]["accuracy"]["n"] == 300
+    assert ok["weights"]["sha256"] and ok["data"]["eval"]["size"] == 300 and ok["data"]["calib"]["size"] == 256
+    assert ok["provenance"]["torch"] and "isa" in ok["provenance"]["cpu"] and ok["provenance"]["threads"] >= 1
+    assert ok["plugins"]["methods"][0]["plugin"] == "mqbench.methods.minmax"
+    assert set(ok["timings_s"]) >= {"load_data", "load_model", "prepare", "calibrate:minmax", "evaluate_sim"}
+    failed = by[("boom", "w8a8-pt")]
+    assert failed["status"] == "failed"
+    assert failed["error"]["type"] == "RuntimeError" and "calibration exploded" in failed["error"]["message"]
+    skipped = by[("minmax", "w8a8-pc")]
+    assert skipped["status"] == "skipped" and "per-channel" in skipped["skip_reason"]
+    assert by[("boom", "w8a8-pc")]["status"] == "skipped"  # the backend refuses before the method runs
+    assert [r["config"]["pipeline"] for r in summary.failed] == ["boom"]
+    # Resume: ok and skipped cells are not rerun, the failed cell is retried.
+    again = runner.run(cells, store, ws)
+    assert again.already_stored == 4
+    assert [(r["config"]["pipeline"], r["config"]["scheme"]) for r in again.records] == [("boom", "w8a8-pt")]

@@ -1,0 +1,48 @@
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from mqbench.errors import UsageError
+from mqbench.schemes import FP32, GRAMMAR, QuantScheme, parse_scheme
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("w8a8", QuantScheme(8, 8, "tensor")),
+    ("W8A8-PC", QuantScheme(8, 8, "channel")),
+    ("w4a8-pt", QuantScheme(4, 8, "tensor")),
+    ("w4-pow2", QuantScheme(4, None, "tensor", power_of_two=True)),
+    ("w8a8-pc-sym", QuantScheme(8, 8, "channel", act_symmetric=True)),
+    ("w8a8-asym-rr", QuantScheme(8, 8, "tensor", weight_symmetric=False, reduce_range=True)),
+    ("w16a16", QuantScheme(16, 16)),
+    ("fp32", FP32),
+])
+def test_parse(text: str, expected: QuantScheme) -> None:
+    assert parse_scheme(text) == expected
+
+
+def test_canonical_names() -> None:
+    assert parse_scheme("w8a8").name == "w8a8-pt"
+    assert parse_scheme("w8a8-rr-pc").name == "w8a8-pc-rr"
+    assert parse_scheme("w8a8-rr").effective_act_bits == 7
+    assert FP32.name == "fp32" and FP32.is_float
+
+
+@given(w=st.integers(2, 16), a=st.one_of(st.none(), st.integers(2, 16)), pc=st.booleans(), pow2=st.booleans(),
+       sym=st.sampled_from(["default", "sym", "asym"]), rr=st.booleans())
+def test_name_round_trips(w, a, pc, pow2, sym, rr) -> None:
+    if a is None and (sym == "sym" or rr):
+        return
+    s = QuantScheme(w, a, "channel" if pc else "tensor", weight_symmetric=sym != "asym", act_symmetric=sym == "sym",
+                    power_of_two=pow2, reduce_range=rr)
+    assert parse_scheme(s.name) == s
+
+
+@pytest.mark.parametrize("bad", ["", "w", "8a8", "w8a", "w1a8", "w8a17", "w8a8-xx", "w8a8-pc-pt", "w8a8-sym-asym",
+                                 "w8-sym", "w8a8-pc-pc", "int8", "w8-rr"])
+def test_malformed_names_are_usage_errors_with_the_grammar(bad: str) -> None:
+    with pytest.raises(UsageError) as info:
+        parse_scheme(bad)
+    assert GRAMMAR in str(info.value)
+    assert "\n" not in str(info.value)
