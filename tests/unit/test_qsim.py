@@ -6,13 +6,13 @@ import pytest
 import torch
 from torch import nn
 
+from mqbench.data.synthetic import generate
 from mqbench.models.builtin import quick_cnn, quick_mobilenet_v1, quick_mobilenet_v2
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights
 from mqbench.quant.estimators import MinMaxObserver
 from mqbench.quant.graph import fold_batchnorm, trace, weighted_layers
 from mqbench.quant.qsim import Placement, QuantSim
 from mqbench.schemes import parse_scheme
-from mqbench.data.synthetic import generate
 
 
 def _randomize_bn(model: nn.Module) -> nn.Module:

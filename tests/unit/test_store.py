@@ -75,7 +75,7 @@ def test_invalid_record_is_refused(tmp_path: Path) -> None:
 
 def test_results_path_under_a_file_is_not_writable(tmp_path: Path) -> None:
     (tmp_path / "afile").write_text("x")
-    with pytest.raises(ResultsDirError, match="not writable.*--results"):
+    with pytest.raises(ResultsDirError, match=r"not writable.*--results"):
         Store(tmp_path / "afile" / "results").ensure_writable()
 
 

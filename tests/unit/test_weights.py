@@ -8,10 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from mqbench.data.synthetic import SyntheticShapes
 from mqbench.errors import MqbenchError
 from mqbench.models import ModelSpec, TrainedWeights
 from mqbench.models.weights import load_state_dict, resolve_weights
-from mqbench.data.synthetic import SyntheticShapes
 from tests.fake_plugins import Tiny
 
 SPEC = ModelSpec("tiny", Tiny, weights=(TrainedWeights("synthetic", epochs=1, min_test_top1=None),))
@@ -40,14 +40,14 @@ def test_corrupt_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
     resolve()
     pt = next((tmp_path / "weights").glob("*.pt"))
     pt.write_bytes(pt.read_bytes()[:-10] + b"0123456789")
-    with pytest.raises(MqbenchError, match="fail their sha256 check.*delete it to retrain"):
+    with pytest.raises(MqbenchError, match=r"fail their sha256 check.*delete it to retrain"):
         resolve()
 
 
 def test_training_below_the_floor_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
     spec = ModelSpec("tiny", Tiny, weights=(TrainedWeights("synthetic", epochs=1, min_test_top1=0.99),))
-    with pytest.raises(MqbenchError, match="below the required 0.99"):
+    with pytest.raises(MqbenchError, match=r"below the required 0\.99"):
         resolve(spec)
     assert not list((tmp_path / "weights").glob("*.pt"))
 
