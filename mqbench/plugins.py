@@ -158,10 +158,8 @@ class Plugins:
         info.status, info.error = "failed", message
         # Drop whatever it registered under other hooks already called.
         for kind, names in info.registered.items():
-            reg = self.registries[kind]
             for n in names:
-                reg._items.pop(n, None)
-                reg._owners.pop(n, None)
+                self.registries[kind].remove(n)
         info.registered = {}
         plugin = self.pm.get_plugin(name)
         if plugin is not None:

@@ -52,6 +52,11 @@ class Registry(Generic[T]):
 
     __call__ = add
 
+    def remove(self, name: str) -> None:
+        """Forget ``name`` (used when the plugin that registered it fails later)."""
+        self._items.pop(name, None)
+        self._owners.pop(name, None)
+
     def get(self, name: str) -> T:
         """The item called ``name``; an unknown name raises UnknownNameError with the closest names."""
         try:

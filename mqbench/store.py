@@ -10,7 +10,6 @@ at most a hidden temp file, which is never read as a record. Files that are not 
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import uuid
 from dataclasses import dataclass, field
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from mqbench.errors import ResultsDirError
+from mqbench.fsutil import atomic_write
 
 SCHEMA = "mqbench.record"
 SCHEMA_VERSION = 1
@@ -73,15 +73,7 @@ class Store:
         name = f"{stamp}-{record['config_hash'][:12]}-{record['record_id'][:8]}.json"
         final = self.records_dir / name
         data = json.dumps(record, indent=1, sort_keys=True, allow_nan=False).encode() + b"\n"
-        fd, tmp = tempfile.mkstemp(dir=self.records_dir, prefix=f".{name}.", suffix=".partial")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-                f.flush()
-                os.fsync(f.fileno())
-            os.link(tmp, final)  # raises FileExistsError instead of overwriting
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+        atomic_write(final, data, overwrite=False)  # raises FileExistsError instead of overwriting
         return final
 
     def load(self) -> LoadResult:

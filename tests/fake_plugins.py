@@ -8,7 +8,7 @@ from torch import nn
 from mqbench import hookimpl
 from mqbench.backends.simulated import Simulated
 from mqbench.methods import Method
-from mqbench.models import ModelSpec, TrainedWeights
+from mqbench.models import ModelSpec, TrainConfig, TrainedWeights
 
 
 class Tiny(nn.Module):
@@ -42,7 +42,7 @@ class Picky(Simulated):
 @hookimpl
 def mqbench_register_models(register):  # type: ignore[no-untyped-def]
     register(ModelSpec("tiny_test_cnn", Tiny, "one-conv test model", "plain_cnn", 32,
-                       (TrainedWeights("synthetic", epochs=1),)))
+                       (TrainedWeights("synthetic", train=TrainConfig(epochs=1)),)))
 
 
 @hookimpl

@@ -7,8 +7,9 @@ split, the runner evaluates on the ``test`` split, and training uses ``train``.
 
 from __future__ import annotations
 
+import functools
 import hashlib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -21,7 +22,6 @@ class Split:
     labels: torch.Tensor
     mean: tuple[float, float, float]
     std: tuple[float, float, float]
-    _fingerprint: list[str] = field(default_factory=list, repr=False)
 
     def __post_init__(self) -> None:
         if self.images.dtype != torch.uint8 or self.images.dim() != 4 or self.images.shape[1] != 3:
@@ -54,15 +54,17 @@ class Split:
                         self.labels[start:start + batch_size]))
         return out
 
+    @functools.cached_property
+    def _digest(self) -> str:
+        h = hashlib.sha256()
+        h.update(str(tuple(self.images.shape)).encode())
+        h.update(self.images.contiguous().numpy().tobytes())
+        h.update(self.labels.contiguous().numpy().tobytes())
+        return h.hexdigest()
+
     def fingerprint(self) -> str:
         """sha256 of the decoded images and labels: identical data, identical fingerprint."""
-        if not self._fingerprint:
-            h = hashlib.sha256()
-            h.update(str(tuple(self.images.shape)).encode())
-            h.update(self.images.contiguous().numpy().tobytes())
-            h.update(self.labels.contiguous().numpy().tobytes())
-            self._fingerprint.append(h.hexdigest())
-        return self._fingerprint[0]
+        return self._digest
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from torch import nn
 
 from mqbench.errors import UnknownNameError
+from mqbench.train import TrainConfig
 
 
 @dataclass(frozen=True)
@@ -31,13 +32,7 @@ class TrainedWeights(WeightsSpec):
     The cache key is the training config; the cached file's sha256 is checked on every load.
     """
 
-    epochs: int = 8
-    batch_size: int = 128
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    seed: int = 0
-    flip: bool = True
+    train: TrainConfig = field(default_factory=TrainConfig)
     min_test_top1: float | None = None  # training that ends below this is an error, not a cached model
 
 
@@ -66,4 +61,4 @@ class ModelSpec:
         raise UnknownNameError(f"weights of {self.name}", name, difflib.get_close_matches(name, names, 3, 0.5), names)
 
 
-__all__ = ["ModelSpec", "TrainedWeights", "WeightsSpec"]
+__all__ = ["ModelSpec", "TrainConfig", "TrainedWeights", "WeightsSpec"]

@@ -5,7 +5,7 @@
 from __future__ import annotations
 
 from mqbench import hookimpl
-from mqbench.models import ModelSpec, TrainedWeights
+from mqbench.models import ModelSpec, TrainConfig, TrainedWeights
 from mqbench.models.mobilenet_v1 import MobileNetV1
 from mqbench.models.mobilenet_v2 import MobileNetV2
 from mqbench.models.plain_cnn import PlainCNN
@@ -30,13 +30,13 @@ def quick_cnn(num_classes: int = 10) -> PlainCNN:
 
 QUICK_MODELS = (
     ModelSpec("quick_mobilenet_v1", quick_mobilenet_v1, "MobileNetV1 x0.25, 8 blocks, 32x32 input",
-              "mobilenet_v1", 32, (TrainedWeights("synthetic", "trained on the synthetic dataset", epochs=10,
+              "mobilenet_v1", 32, (TrainedWeights("synthetic", "trained on the synthetic dataset", train=TrainConfig(epochs=10),
                                                   min_test_top1=0.9),)),
     ModelSpec("quick_mobilenet_v2", quick_mobilenet_v2, "MobileNetV2 x0.5, expansion 4, 8 blocks, 32x32 input",
-              "mobilenet_v2", 32, (TrainedWeights("synthetic", "trained on the synthetic dataset", epochs=8,
+              "mobilenet_v2", 32, (TrainedWeights("synthetic", "trained on the synthetic dataset", train=TrainConfig(epochs=8),
                                                   min_test_top1=0.9),)),
     ModelSpec("quick_cnn", quick_cnn, "plain CNN, 6 conv3x3-BN-ReLU, 32x32 input",
-              "plain_cnn", 32, (TrainedWeights("synthetic", "trained on the synthetic dataset", epochs=8,
+              "plain_cnn", 32, (TrainedWeights("synthetic", "trained on the synthetic dataset", train=TrainConfig(epochs=8),
                                                min_test_top1=0.9),)),
 )
 

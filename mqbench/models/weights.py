@@ -12,7 +12,6 @@ import hashlib
 import io
 import json
 import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +23,10 @@ from torch import nn
 from mqbench import __version__
 from mqbench.data import DatasetSpec, Split
 from mqbench.errors import MqbenchError
+from mqbench.fsutil import atomic_write
 from mqbench.models import ModelSpec, TrainedWeights, WeightsSpec
 from mqbench.progress import SILENT, Reporter
-from mqbench.train import TrainConfig, train
+from mqbench.train import train
 
 TRAIN_RECIPE_VERSION = 1
 
@@ -52,20 +52,6 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, dict):
         raise MqbenchError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
     return obj
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 @dataclass(frozen=True)
@@ -109,10 +95,8 @@ def _resolve_trained(model: ModelSpec, weights: TrainedWeights, dataset: Dataset
                                f"got {actual[:12]}...); the file is corrupt: delete it to retrain")
         return ResolvedWeights(load_state_dict(path), actual, f"cache:{path.name}", meta)
 
-    config = TrainConfig(epochs=weights.epochs, batch_size=weights.batch_size, lr=weights.lr,
-                         momentum=weights.momentum, weight_decay=weights.weight_decay, seed=weights.seed,
-                         flip=weights.flip)
-    torch.manual_seed(weights.seed)
+    config = weights.train
+    torch.manual_seed(config.seed)
     net: nn.Module = model.build(dataset.num_classes)
     reporter.log(f"training {model.name} on {dataset.name} (first use; cached afterwards in {path.parent})")
     result = train(net, load_split(dataset.name, "train"), load_split(dataset.name, "test"), config, reporter,
@@ -127,7 +111,7 @@ def _resolve_trained(model: ModelSpec, weights: TrainedWeights, dataset: Dataset
     meta = {"sha256": digest, "model": model.name, "weights": weights.name, "dataset": dataset.name,
             "train_config": dataclasses.asdict(config), "test_top1": result.test_top1,
             "train_seconds": round(result.seconds, 2), "history": result.history, "mqbench_version": __version__}
-    atomic_write_bytes(path, data)
-    atomic_write_bytes(sidecar, json.dumps(meta, indent=2).encode())
+    atomic_write(path, data, overwrite=True)
+    atomic_write(sidecar, json.dumps(meta, indent=2).encode(), overwrite=True)
     reporter.log(f"trained {model.name}: test top-1 {result.test_top1:.4f} in {result.seconds:.0f} s")
     return ResolvedWeights(net.state_dict(), digest, f"trained:{path.name}", meta)

@@ -90,6 +90,14 @@ def _broadcast(p: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tens
     return p.view(shape)
 
 
+def _broadcast_qparams(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor,
+                      axis: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point (as float32) shaped to broadcast against ``x``."""
+    s = _broadcast(torch.as_tensor(scale, dtype=torch.float32), x, axis)
+    z = _broadcast(torch.as_tensor(zero_point), x, axis).to(torch.float32)
+    return s, z
+
+
 def quantize(
     x: torch.Tensor,
     scale: torch.Tensor,
@@ -101,8 +109,7 @@ def quantize(
 ) -> torch.Tensor:
     """Integer codes ``clamp(round(x / scale) + zero_point, qmin, qmax)`` as an int32 tensor."""
     _check_finite(x, "the tensor to quantize")
-    s = _broadcast(torch.as_tensor(scale, dtype=torch.float32), x, axis)
-    z = _broadcast(torch.as_tensor(zero_point), x, axis)
+    s, z = _broadcast_qparams(x, scale, zero_point, axis)
     return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int32)
 
 
@@ -114,8 +121,7 @@ def dequantize(
     axis: int | None = None,
 ) -> torch.Tensor:
     """Float values ``(q - zero_point) * scale``."""
-    s = _broadcast(torch.as_tensor(scale, dtype=torch.float32), q, axis)
-    z = _broadcast(torch.as_tensor(zero_point), q, axis)
+    s, z = _broadcast_qparams(q, scale, zero_point, axis)
     return (q.to(torch.float32) - z) * s
 
 
@@ -134,8 +140,7 @@ def fake_quantize(
     clamps (the STE of Bengio et al. / LSQ), so training-based methods can reuse this function.
     """
     _check_finite(x, "the tensor to fake-quantize")
-    s = _broadcast(torch.as_tensor(scale, dtype=torch.float32), x, axis)
-    z = _broadcast(torch.as_tensor(zero_point), x, axis).to(torch.float32)
+    s, z = _broadcast_qparams(x, scale, zero_point, axis)
     q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
     out = (q - z) * s
     if not x.requires_grad:

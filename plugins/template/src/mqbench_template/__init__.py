@@ -14,7 +14,7 @@ from torch import nn
 from mqbench import hookimpl
 from mqbench.data import Split
 from mqbench.methods import Method, MethodConfig, StepContext
-from mqbench.models import ModelSpec, TrainedWeights
+from mqbench.models import ModelSpec, TrainConfig, TrainedWeights
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights
 from mqbench.quant.estimators import MinMaxObserver, Observer
 from mqbench.quant.qsim import QuantSim
@@ -27,11 +27,12 @@ class TinyCNN(nn.Module):
     def __init__(self, num_classes: int = 10) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+            nn.Conv2d(3, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
             nn.Conv2d(16, 32, 3, 2, 1, bias=False), nn.BatchNorm2d(32), nn.ReLU(),
+            nn.Conv2d(32, 64, 3, 2, 1, bias=False), nn.BatchNorm2d(64), nn.ReLU(),
         )
         self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(32, num_classes)
+        self.classifier = nn.Linear(64, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.pool(self.features(x)), 1))
@@ -82,8 +83,9 @@ class MeanStd(Method):
 
 @hookimpl
 def mqbench_register_models(register: Registry[ModelSpec]) -> None:
-    register(ModelSpec("template_tinycnn", TinyCNN, "template plugin: two-conv CNN for 32x32 inputs",
-                       "plain_cnn", 32, (TrainedWeights("synthetic", "trained on the synthetic dataset", epochs=3),)))
+    weights = TrainedWeights("synthetic", "trained on the synthetic dataset", train=TrainConfig(epochs=5))
+    register(ModelSpec("template_tinycnn", TinyCNN, "template plugin: three-conv CNN for 32x32 inputs", "plain_cnn", 32,
+                       (weights,)))
 
 
 @hookimpl

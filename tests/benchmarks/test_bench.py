@@ -1,0 +1,64 @@
+"""Speed benchmarks (pytest-benchmark). Run: python -m pytest tests/benchmarks --benchmark-only
+
+They measure, not assert: the fake-quant kernel, QuantSim's overhead over the float model, and
+record-store and leaderboard throughput (the harness's own cost)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from mqbench.data.synthetic import generate
+from mqbench.models.builtin import quick_mobilenet_v2
+from mqbench.quant import functional as Q
+from mqbench.quant.calibration import calibrate_activations, calibrate_weights
+from mqbench.quant.estimators import MinMaxObserver
+from mqbench.quant.qsim import QuantSim
+from mqbench.report import leaderboard
+from mqbench.schemes import parse_scheme
+from mqbench.store import SCHEMA, SCHEMA_VERSION, Store, new_record_id
+
+
+def test_fake_quantize_per_channel(benchmark) -> None:
+    w = torch.randn(256, 256, 3, 3)
+    scale, zp = Q.qparams_from_range(w.amin((1, 2, 3)), w.amax((1, 2, 3)), bits=8, symmetric=True, signed=True)
+    benchmark(Q.fake_quantize, w, scale, zp, qmin=-128, qmax=127, axis=0)
+
+
+@pytest.mark.parametrize("which", ["float", "qsim"])
+def test_forward_batch256(benchmark, which: str) -> None:
+    torch.manual_seed(0)
+    model = quick_mobilenet_v2(10).eval()
+    data = generate(0, "calib", 256)
+    x = data.normalize(data.images)
+    if which == "qsim":
+        qsim = QuantSim.from_float(model, parse_scheme("w8a8-pc"))
+        calibrate_weights(qsim, MinMaxObserver)
+        calibrate_activations(qsim, data, MinMaxObserver)
+        model = qsim.eval()
+    with torch.inference_mode():
+        benchmark(model, x)
+
+
+def _record(i: int) -> dict:
+    acc = {"n": 2000, "top1": {"value": 0.9, "ci95": [0.88, 0.92]}, "top5": {"value": 0.99, "ci95": [0.98, 1.0]}}
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "record_id": new_record_id(),
+            "created": f"2026-01-01T00:00:{i % 60:02d}.{i:06d}+00:00", "config_hash": f"{i:064d}", "status": "ok",
+            "config": {"dataset": "d", "model": f"m{i % 7}", "weights": "w", "pipeline": "minmax", "backend": "b",
+                       "scheme": f"w{2 + i % 7}a8-pt", "seed": i, "eval_limit": None},
+            "metrics": {"sim": {"accuracy": acc}}}
+
+
+def test_store_append(benchmark, tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    counter = iter(range(10**9))
+    benchmark(lambda: store.append(_record(next(counter))))
+
+
+def test_load_and_render_500_records(benchmark, tmp_path: Path) -> None:
+    store = Store(tmp_path)
+    for i in range(500):
+        store.append(_record(i))
+    benchmark(lambda: leaderboard.render_markdown(store.load()))
