@@ -2,13 +2,16 @@
 
 Key layout (matches ``../shared/data/imagenet/weights/mobilenet_v1_*``, so they load ``strict=True``):
 ``features.0`` = {0 conv3x3, 1 BN, 2 ReLU6}; ``features.1..13`` = {0 depthwise 3x3, 1 BN, 2 ReLU6,
-3 pointwise 1x1, 4 BN, 5 ReLU6}; global average pool; ``classifier`` (Linear).
+3 pointwise 1x1, 4 BN, 5 ReLU6}; global average pool; ``classifier`` (Linear). ``tf_same=True`` pads the stride-2 3x3 convs as
+TensorFlow's "SAME" does (needed by TF-trained weights such as the shared ones).
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+
+from mqbench.models.layers import conv3x3
 
 # (output channels at width 1.0, stride) of the 13 depthwise-separable blocks, ImageNet layout.
 IMAGENET_BLOCKS: tuple[tuple[int, int], ...] = (
@@ -23,15 +26,16 @@ def _channels(c: int, width: float) -> int:
 
 class MobileNetV1(nn.Module):
     def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, stem_stride: int = 2,
-                 blocks: tuple[tuple[int, int], ...] = IMAGENET_BLOCKS, dropout: float = 0.0) -> None:
+                 blocks: tuple[tuple[int, int], ...] = IMAGENET_BLOCKS, dropout: float = 0.0,
+                 tf_same: bool = False) -> None:
         super().__init__()
         c_in = _channels(32, width_mult)
         layers: list[nn.Module] = [nn.Sequential(
-            nn.Conv2d(3, c_in, 3, stem_stride, 1, bias=False), nn.BatchNorm2d(c_in), nn.ReLU6(inplace=True))]
+            conv3x3(3, c_in, stem_stride, tf_same=tf_same), nn.BatchNorm2d(c_in), nn.ReLU6(inplace=True))]
         for c, stride in blocks:
             c_out = _channels(c, width_mult)
             layers.append(nn.Sequential(
-                nn.Conv2d(c_in, c_in, 3, stride, 1, groups=c_in, bias=False), nn.BatchNorm2d(c_in),
+                conv3x3(c_in, c_in, stride, groups=c_in, tf_same=tf_same), nn.BatchNorm2d(c_in),
                 nn.ReLU6(inplace=True),
                 nn.Conv2d(c_in, c_out, 1, 1, 0, bias=False), nn.BatchNorm2d(c_out), nn.ReLU6(inplace=True)))
             c_in = c_out

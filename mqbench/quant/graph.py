@@ -18,10 +18,17 @@ def trace(model: nn.Module) -> fx.GraphModule:
         if hasattr(m, "inplace"):
             setattr(m, "inplace", False)  # noqa: B010 (mypy cannot type the generic attribute)
     try:
-        return fx.symbolic_trace(model)
+        return fx.GraphModule(model, _LayerTracer().trace(model), type(model).__name__)
     except Exception as exc:  # fx raises many types; the user needs the model name and the cause.
         raise MqbenchError(f"cannot trace {type(model).__name__} with torch.fx ({type(exc).__name__}: {exc}); "
                            "quantization needs a traceable model (no data-dependent control flow)") from exc
+
+
+class _LayerTracer(fx.Tracer):
+    """Keeps every conv and linear (subclasses too, such as Conv2dSame) a leaf, so each is one node."""
+
+    def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
+        return isinstance(m, (nn.Conv2d, nn.Linear)) or super().is_leaf_module(m, module_qualified_name)
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:

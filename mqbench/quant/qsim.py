@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from mqbench.models.layers import Conv2dSame, tf_same_pad
 from mqbench.quant import functional as Q
 from mqbench.quant.estimators import Observer
 from mqbench.quant.graph import LayerInfo, fold_batchnorm, trace, weighted_layers
@@ -102,6 +103,7 @@ class QuantConv2d(nn.Conv2d):
     """Conv2d whose weight passes through ``weight_quantizer`` (float bias, as int8 runtimes keep int32 bias)."""
 
     weight_quantizer: Quantizer
+    tf_same: bool = False  # TensorFlow "SAME" padding (from Conv2dSame), applied before the conv
 
     @classmethod
     def from_float(cls, conv: nn.Conv2d, quantizer: Quantizer) -> QuantConv2d:
@@ -109,9 +111,12 @@ class QuantConv2d(nn.Conv2d):
                   conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode)  # type: ignore[arg-type]
         new.load_state_dict(conv.state_dict())
         new.weight_quantizer = quantizer
+        new.tf_same = isinstance(conv, Conv2dSame)
         return new
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tf_same:
+            x = tf_same_pad(x, self.kernel_size, self.stride, self.dilation)  # type: ignore[arg-type]
         return self._conv_forward(x, self.weight_quantizer(self.weight), self.bias)
 
 
@@ -134,7 +139,8 @@ class QuantLinear(nn.Linear):
 _ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
 _ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp}
 _PASSTHROUGH_MODULES = (nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
-_PASSTHROUGH_FUNCTIONS = {torch.flatten, F.max_pool2d, F.dropout, torch.reshape, operator.getitem, getattr}
+# Zero padding keeps the input's qparams (0 is exactly representable), as do slicing and reshaping.
+_PASSTHROUGH_FUNCTIONS = {torch.flatten, F.max_pool2d, F.dropout, torch.reshape, operator.getitem, getattr, F.pad}
 _PASSTHROUGH_METHODS = {"flatten", "view", "reshape", "contiguous", "size", "squeeze", "unsqueeze"}
 _POOL_MODULES = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 _POOL_FUNCTIONS = {F.adaptive_avg_pool2d, F.avg_pool2d, torch.mean}
