@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mqbench import __version__
+from mqbench.data.paths import DATA_ENV
 from mqbench.errors import UsageError
 from mqbench.plugins import DISABLE_ENV, Plugins, get_plugins
 from mqbench.progress import Reporter, make_progress
@@ -104,6 +105,10 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
                          "--backend/--scheme to vary the default suite (see `mqbench run --help`)")
     if args.limit is not None and args.limit <= 0:
         raise UsageError(f"--limit must be a positive number of images, got {args.limit}")
+    if args.data_dir:
+        if not os.path.isdir(args.data_dir):
+            raise UsageError(f"--data-dir {args.data_dir} is not a directory")
+        os.environ[DATA_ENV] = args.data_dir
     suite = plugins.suites.get(args.suite or DEFAULT_SUITE)
     cells = runner.expand(plugins, suite, args.model or (), args.method or (), args.backend or (),
                           args.scheme or (), eval_limit=args.limit)
@@ -195,6 +200,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", action="append", metavar="B", help="backend (repeatable)")
     p.add_argument("--scheme", action="append", metavar="S", help="scheme such as w8a8-pt, w8a8-pc, w4a8 (repeatable)")
     p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")
+    p.add_argument("--data-dir", metavar="DIR", help=f"real data folder holding imagenet/ and cifar10/ (default "
+                   f"${DATA_ENV}, else ../shared/data)")
     p.add_argument("--force", action="store_true", help="rerun cells that are already stored (adds new records)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate on the first N test images only")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="evaluation batch size (default 256)")

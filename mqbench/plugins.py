@@ -39,7 +39,9 @@ DISABLE_ENV = "MQBENCH_DISABLE_PLUGINS"
 
 BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.models.builtin",
+    "mqbench.models.zoo",
     "mqbench.data.synthetic",
+    "mqbench.data.images",
     "mqbench.methods.fp32",
     "mqbench.methods.minmax",
     "mqbench.backends.simulated",

@@ -37,7 +37,7 @@ from mqbench.data import Split
 from mqbench.errors import UsageError
 from mqbench.methods import STAGE_ORDER, Method, StepContext
 from mqbench.metrics import Evaluation
-from mqbench.models.weights import resolve_weights
+from mqbench.models.weights import load_into, resolve_weights
 from mqbench.plugins import Plugins
 from mqbench.progress import SILENT, Reporter
 from mqbench.schemes import FP32, QuantScheme, parse_scheme
@@ -144,25 +144,27 @@ class Workspace:
         self.plugins = plugins
         self.reporter = reporter
         self.batch_size = batch_size
-        self._splits: dict[tuple[str, str], Split] = {}
+        self._splits: dict[tuple[str, str, int | None, str], Split] = {}
         self._weights: dict[tuple[str, str], Any] = {}
 
-    def split(self, dataset: str, split: str, limit: int | None = None) -> Split:
-        key = (dataset, split)
+    def split(self, dataset: str, split: str, limit: int | None = None, preprocess: str = "native") -> Split:
+        """A decoded split (decoded once per process; image datasets also cache it on disk)."""
+        key = (dataset, split, limit, preprocess)
         if key not in self._splits:
-            self._splits[key] = self.plugins.datasets.get(dataset).load_split(split)
-        return self._splits[key].head(limit)
+            self._splits[key] = self.plugins.datasets.get(dataset).load_split(split, limit, preprocess, self.reporter)
+        return self._splits[key]
 
     def float_model(self, model: str, weights: str) -> tuple[nn.Module, dict[str, Any]]:
         """A fresh float model (eval mode) with ``weights`` loaded, and facts about the weights."""
         spec = self.plugins.models.get(model)
         key = (model, weights)
+        wspec = spec.get_weights(weights)
         if key not in self._weights:
-            self._weights[key] = resolve_weights(spec, spec.get_weights(weights), self.plugins.datasets.get,
-                                                 lambda d, s: self.split(d, s), self.reporter)
+            self._weights[key] = resolve_weights(spec, wspec, self.plugins.datasets.get,
+                                                 lambda d, s: self.split(d, s, None, wspec.preprocess), self.reporter)
         resolved = self._weights[key]
-        net = spec.build(self.plugins.datasets.get(spec.get_weights(weights).dataset).num_classes)
-        net.load_state_dict(copy.deepcopy(resolved.state_dict), strict=True)
+        net = spec.build(self.plugins.datasets.get(wspec.dataset).num_classes, **dict(wspec.build_kwargs))
+        load_into(net, copy.deepcopy(resolved.state_dict), f"weights {model}:{weights} ({resolved.source})")
         return net.eval(), {"name": weights, "sha256": resolved.sha256, "source": resolved.source,
                             "float_test_top1_at_training": resolved.meta.get("test_top1")}
 
@@ -224,10 +226,11 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             return record
         torch.manual_seed(cell.seed)
         ctx = StepContext(seed=cell.seed, batch_size=ws.batch_size, reporter=ws.reporter)
+        preprocess = plugins.models.get(cell.model).get_weights(cell.weights).preprocess
         with timer("load_data"):
-            calib = ws.split(cell.dataset, "calib", cell.calib_size)
-            evalset = ws.split(cell.dataset, "test", cell.eval_limit)
-        record["data"] = {"dataset": cell.dataset,
+            calib = ws.split(cell.dataset, "calib", cell.calib_size, preprocess)
+            evalset = ws.split(cell.dataset, "test", cell.eval_limit, preprocess)
+        record["data"] = {"dataset": cell.dataset, "preprocess": preprocess,
                           "calib": {"split": "calib", "size": len(calib), "fingerprint": calib.fingerprint()},
                           "eval": {"split": "test", "size": len(evalset), "fingerprint": evalset.fingerprint()}}
         with timer("load_model"):

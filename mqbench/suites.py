@@ -23,7 +23,6 @@ class Suite:
     seeds: tuple[int, ...] = (0,)
     calib_size: int = 256
     eval_limit: int | None = None
-    batch_size: int = 256
 
 
 QUICK = Suite(
@@ -36,9 +35,32 @@ QUICK = Suite(
     schemes=("w8a8-pt", "w8a8-pc"),
 )
 
+IMAGENET = Suite(
+    name="imagenet",
+    description="pretrained ImageNet MobileNets: calibrate on calib-1000, evaluate on val-1300 (../shared/data)",
+    dataset="imagenet",
+    models=("mobilenet_v2:tf2ptq", "mobilenet_v2:qat", "mobilenet_v1:qat-1.0-224"),
+    pipelines=("fp32", "minmax"),
+    backends=("simulated",),
+    schemes=("w8a8-pt", "w8a8-pc"),
+    calib_size=256,
+)
+
+CIFAR10 = Suite(
+    name="cifar10",
+    description="CIFAR ResNets (the regular-CNN baseline) on the CIFAR-10 test split, calibrated on train images",
+    dataset="cifar10",
+    models=("resnet20:cifar10", "resnet56:cifar10"),
+    pipelines=("fp32", "minmax"),
+    backends=("simulated",),
+    schemes=("w8a8-pt", "w8a8-pc"),
+    calib_size=512,
+)
+
 DEFAULT_SUITE = "quick"
 
 
 @hookimpl
 def mqbench_register_suites(register: Registry[Suite]) -> None:
-    register(QUICK)
+    for suite in (QUICK, IMAGENET, CIFAR10):
+        register(suite)

@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 
+from mqbench.progress import SILENT, Reporter
+
 
 @dataclass(frozen=True, eq=False)
 class Split:
@@ -77,8 +79,10 @@ class DatasetSpec:
     image_size: int
     version: str = "1"  # bump when the data a spec produces changes (keys cached trained weights)
 
-    def load_split(self, split: str, limit: int | None = None) -> Split:
-        """Decode and return ``split`` (``train``, ``calib`` or ``test``), its first ``limit`` examples."""
+    def load_split(self, split: str, limit: int | None = None, preprocess: str = "native",
+                   reporter: Reporter = SILENT) -> Split:
+        """Decode and return ``split`` (``train``, ``calib`` or ``test``), its first ``limit`` examples,
+        with the preprocessing preset ``preprocess`` (see :mod:`mqbench.data.preprocess`)."""
         raise NotImplementedError
 
 

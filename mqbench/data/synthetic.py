@@ -36,6 +36,8 @@ import torch
 
 from mqbench import hookimpl
 from mqbench.data import DatasetSpec, Split
+from mqbench.errors import UsageError
+from mqbench.progress import SILENT, Reporter
 from mqbench.registry import Registry
 
 CLASSES = (
@@ -161,7 +163,11 @@ class SyntheticShapes(DatasetSpec):
     sizes: tuple[tuple[str, int], ...] = (("train", 8000), ("calib", 512), ("test", 2000))
     seed: int = 0
 
-    def load_split(self, split: str, limit: int | None = None) -> Split:
+    def load_split(self, split: str, limit: int | None = None, preprocess: str = "native",
+                   reporter: Reporter = SILENT) -> Split:
+        if preprocess != "native":
+            raise UsageError(f"the synthetic dataset is 32x32 with its own normalisation; weights expecting "
+                             f"{preprocess!r} preprocessing cannot run on it")
         size = dict(self.sizes).get(split)
         if size is None:
             raise ValueError(f"dataset {self.name!r} has no split {split!r}; it has {[s for s, _ in self.sizes]}")

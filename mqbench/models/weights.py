@@ -22,9 +22,10 @@ from torch import nn
 
 from mqbench import __version__
 from mqbench.data import DatasetSpec, Split
+from mqbench.data.paths import data_file
 from mqbench.errors import MqbenchError
 from mqbench.fsutil import atomic_write
-from mqbench.models import ModelSpec, TrainedWeights, WeightsSpec
+from mqbench.models import CheckpointWeights, FileWeights, HubWeights, ModelSpec, TrainedWeights, UrlWeights, WeightsSpec
 from mqbench.progress import SILENT, Reporter
 from mqbench.train import train
 
@@ -48,7 +49,8 @@ def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for a corrupt or unsafe file
-        raise MqbenchError(f"cannot load weights {path}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from exc
+        first_line = (str(exc).splitlines() or ["(no message)"])[0]
+        raise MqbenchError(f"cannot load weights {path}: {type(exc).__name__}: {first_line}") from exc
     if not isinstance(obj, dict):
         raise MqbenchError(f"weights file {path} holds a {type(obj).__name__}, not a state dict")
     return obj
@@ -70,11 +72,100 @@ def _train_key(model: ModelSpec, weights: TrainedWeights, dataset: DatasetSpec) 
 
 def resolve_weights(model: ModelSpec, weights: WeightsSpec, datasets: Callable[[str], DatasetSpec],
                     load_split: Callable[[str, str], Split], reporter: Reporter = SILENT) -> ResolvedWeights:
-    """The state dict of ``weights`` for ``model``, training and caching it first if needed."""
+    """The state dict of ``weights`` for ``model``: trained and cached first if needed, read from a
+    local file, downloaded from a URL or fetched from the Hugging Face hub (each verified by sha256)."""
     if isinstance(weights, TrainedWeights):
         return _resolve_trained(model, weights, datasets(weights.dataset), load_split, reporter)
-    raise MqbenchError(f"weights {weights.name!r} of model {model.name!r} are a {type(weights).__name__}, "
-                       "which this mqbench cannot resolve")
+    if isinstance(weights, FileWeights):
+        path = data_file(weights.path, f"weights {model.name}:{weights.name}")
+        source = f"file:{path}"
+    elif isinstance(weights, UrlWeights):
+        path = download(weights.url, weights.sha256, reporter)
+        source = f"url:{weights.url}"
+    elif isinstance(weights, HubWeights):
+        path = _hub_download(weights)
+        source = f"hub:{weights.repo_id}/{weights.filename}@{weights.revision or 'main'}"
+    else:
+        raise MqbenchError(f"weights {weights.name!r} of model {model.name!r} are a {type(weights).__name__}, "
+                           "which this mqbench cannot resolve")
+    digest = sha256_file(path)
+    if weights.sha256 and not digest.startswith(weights.sha256.lower()):
+        raise MqbenchError(f"weights {path} fail their sha256 check (expected {weights.sha256[:16]}..., got "
+                           f"{digest[:16]}...): the file is corrupt or not the published one")
+    return ResolvedWeights(adapt_state_dict(load_state_dict(path), weights, path), digest, source,
+                           {"path": str(path)})
+
+
+def adapt_state_dict(obj: dict[str, Any], weights: CheckpointWeights, path: Path) -> dict[str, torch.Tensor]:
+    """Take the state dict out of a checkpoint (``state_dict_key``) and rename key prefixes."""
+    if weights.state_dict_key is not None:
+        if weights.state_dict_key not in obj or not isinstance(obj[weights.state_dict_key], dict):
+            raise MqbenchError(f"checkpoint {path} has no {weights.state_dict_key!r} entry; it holds {sorted(obj)[:5]}")
+        obj = obj[weights.state_dict_key]
+    out: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if not isinstance(value, torch.Tensor):
+            raise MqbenchError(f"checkpoint {path} entry {key!r} is a {type(value).__name__}, not a tensor")
+        for old, new in weights.rename:
+            if key.startswith(old):
+                key = new + key[len(old):]
+        out[key] = value
+    return out
+
+
+def load_into(model: nn.Module, state_dict: dict[str, torch.Tensor], what: str) -> None:
+    """``model.load_state_dict(state_dict, strict=True)`` with one clear error for the first problem."""
+    own = model.state_dict()
+    # BatchNorm fills in num_batches_tracked, which checkpoints older than torch 0.4.1 lack.
+    missing = [k for k in own if k not in state_dict and not k.endswith("num_batches_tracked")]
+    unexpected = [k for k in state_dict if k not in own]
+    if missing or unexpected:
+        parts = []
+        if missing:
+            parts.append(f"{len(missing)} missing keys (first {missing[0]!r})")
+        if unexpected:
+            parts.append(f"{len(unexpected)} unexpected keys (first {unexpected[0]!r})")
+        raise MqbenchError(f"{what} do not fit the model: {'; '.join(parts)}")
+    for key, tensor in own.items():
+        if key in state_dict and tuple(tensor.shape) != tuple(state_dict[key].shape):
+            raise MqbenchError(f"{what} do not fit the model: {key!r} has shape {tuple(state_dict[key].shape)} "
+                               f"in the checkpoint but {tuple(tensor.shape)} in the model")
+    model.load_state_dict(state_dict, strict=True)
+
+
+def download(url: str, sha256: str | None, reporter: Reporter = SILENT) -> Path:
+    """Download ``url`` once into ``$MQBENCH_CACHE/downloads`` (torch.hub's downloader, which checks the
+    sha256 prefix before moving the file into place). A wrong checksum leaves nothing behind."""
+    if not sha256 or len(sha256) < 8:
+        raise MqbenchError(f"refusing to download {url} without a sha256 (at least 8 hex digits) to verify it")
+    name = url.rstrip("/").rsplit("/", 1)[-1] or "download"
+    path = cache_dir() / "downloads" / f"{sha256[:16]}-{name}"
+    if path.exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    reporter.log(f"downloading {url}")
+    try:
+        torch.hub.download_url_to_file(url, str(path), hash_prefix=sha256.lower(), progress=False)
+    except RuntimeError as exc:
+        path.unlink(missing_ok=True)
+        raise MqbenchError(f"download of {url} failed its sha256 check: {exc}") from None
+    except OSError as exc:
+        path.unlink(missing_ok=True)
+        raise MqbenchError(f"cannot download {url}: {exc}") from None
+    return path
+
+
+def _hub_download(weights: HubWeights) -> Path:
+    try:
+        from huggingface_hub import hf_hub_download
+    except ImportError as exc:  # pragma: no cover - a dependency of datasets
+        raise MqbenchError("hub weights need huggingface_hub (pip install huggingface_hub)") from exc
+    try:
+        return Path(hf_hub_download(weights.repo_id, weights.filename, revision=weights.revision,
+                                    cache_dir=cache_dir() / "hub"))
+    except Exception as exc:  # the hub client raises many types (offline, gated, missing file)
+        raise MqbenchError(f"cannot fetch {weights.filename} from the hub repository {weights.repo_id}: "
+                           f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
 def _resolve_trained(model: ModelSpec, weights: TrainedWeights, dataset: DatasetSpec,
@@ -97,7 +188,7 @@ def _resolve_trained(model: ModelSpec, weights: TrainedWeights, dataset: Dataset
 
     config = weights.train
     torch.manual_seed(config.seed)
-    net: nn.Module = model.build(dataset.num_classes)
+    net: nn.Module = model.build(dataset.num_classes, **dict(weights.build_kwargs))
     reporter.log(f"training {model.name} on {dataset.name} (first use; cached afterwards in {path.parent})")
     result = train(net, load_split(dataset.name, "train"), load_split(dataset.name, "test"), config, reporter,
                    label=f"training {model.name}")

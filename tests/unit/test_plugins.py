@@ -42,7 +42,8 @@ def test_builtins_are_plugins_with_their_registrations() -> None:
     p = Plugins(entry_points=False, disable=set())
     assert [i.name for i in p.infos.values()] == list(BUILTIN_PLUGINS)
     assert all(i.status == "loaded" and i.source == "builtin" for i in p.infos.values())
-    assert p.models.names() == ["quick_cnn", "quick_mobilenet_v1", "quick_mobilenet_v2"]
+    assert {"quick_cnn", "quick_mobilenet_v1", "quick_mobilenet_v2", "mobilenet_v2", "resnet20"} <= set(p.models.names())
+    assert {"synthetic", "imagenet", "cifar10"} <= set(p.datasets.names())
     assert {"fp32", "minmax"} <= set(p.methods.names())
     assert p.infos["mqbench.methods.minmax"].hooks == ["mqbench_register_methods"]
     assert p.plugin_of("backend", "simulated").name == "mqbench.backends.simulated"

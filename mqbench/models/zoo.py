@@ -1,0 +1,95 @@
+"""The real models and their named weights (a built-in plugin).
+
+ImageNet weights come from ``$MQBENCH_DATA/imagenet/weights`` (Google's TFLite MobileNets,
+dequantized; BN folded, TF "SAME" padding, ``tf-inception`` preprocessing) or from torchvision's
+published URLs (verified by the sha256 prefix in their file names, as torch.hub does). CIFAR ResNets
+come from ``$MQBENCH_DATA/cifar10/weights``. Models without weights here (the quantization-friendly
+MobileNetV1, the DWSCNN / regular-CNN families, ResNet-32/44) are registered for training.
+"""
+
+from __future__ import annotations
+
+import functools
+
+from torch import nn
+
+from mqbench import hookimpl
+from mqbench.models import FileWeights, ModelSpec, UrlWeights, WeightsSpec
+from mqbench.models.families import SIZES, FamilyCNN
+from mqbench.models.mobilenet_v1 import MobileNetV1
+from mqbench.models.mobilenet_v2 import MobileNetV2
+from mqbench.models.qf_mobilenet_v1 import QFMobileNetV1
+from mqbench.models.resnet_cifar import CifarResNet
+from mqbench.registry import Registry
+
+TF = (("tf_same", True),)
+
+
+def _tf_file(name: str, file: str, sha256: str, size: int = 224, width: float | None = None,
+             description: str = "") -> FileWeights:
+    kwargs = TF + ((("width_mult", width),) if width is not None else ())
+    return FileWeights(name, description, "imagenet", f"tf-inception@{size}", kwargs, sha256,
+                       path=f"imagenet/weights/{file}")
+
+
+MOBILENET_V2_WEIGHTS: tuple[WeightsSpec, ...] = (
+    _tf_file("tf2ptq", "mobilenet_v2_1.0_224_tf2ptq.pth",
+             "89d665b8a27080cac045cb275f2662e27a1a5d785f94f0f6db32d4a7250b1210",
+             description="Google TF2 post-training int8 model, per-channel int8 weights dequantized"),
+    _tf_file("qat", "mobilenet_v2_1.0_224_qat.pth", "f1fb6e0c35b3e0110ab6cd5f1a71bccba3e098ad6ffaf800a801bd1ebe469368",
+             description="Google quantization-aware-trained uint8 model (per-tensor weights), dequantized"),
+    UrlWeights("torchvision-v1", "torchvision IMAGENET1K_V1", "imagenet", "torchvision-imagenet@224", (), "b0353104",
+               url="https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"),
+    UrlWeights("torchvision-v2", "torchvision IMAGENET1K_V2", "imagenet", "torchvision-imagenet@224", (), "7ebf99e0",
+               url="https://download.pytorch.org/models/mobilenet_v2-7ebf99e0.pth"),
+)
+
+MOBILENET_V1_WEIGHTS: tuple[WeightsSpec, ...] = (
+    _tf_file("qat-1.0-224", "mobilenet_v1_1.0_224_qat.pth",
+             "f993f6ac442fa956806898012255b25c8aa871ae134fc4bd791afb3fa0119119", description="Google QAT uint8, 1.0/224"),
+    _tf_file("qat-0.5-160", "mobilenet_v1_0.5_160_qat.pth",
+             "e86edf294a12b77a6cef90f537b628d381b4c7e0916374465692bfded1a575bd", 160, 0.5, "Google QAT uint8, 0.5/160"),
+    _tf_file("qat-0.25-128", "mobilenet_v1_0.25_128_qat.pth",
+             "d13665d984d9db9374592102812727c424edb0db0aea7ca590ee661c5740fdff", 128, 0.25, "Google QAT uint8, 0.25/128"),
+)
+
+
+def _resnet_weights(depth: int, file: str, sha256: str) -> FileWeights:
+    return FileWeights("cifar10", f"akamaster/pytorch_resnet_cifar10 ResNet-{depth}", "cifar10", "cifar", (), sha256,
+                       "state_dict", (("module.", ""),), path=f"cifar10/weights/{file}")
+
+
+def _resnet(depth: int, num_classes: int = 10) -> nn.Module:
+    return CifarResNet(depth, num_classes)
+
+
+def _family(separable: bool, width: int, depth: int, num_classes: int = 10) -> nn.Module:
+    return FamilyCNN(separable, width, depth, num_classes)
+
+
+MODELS = (
+    ModelSpec("mobilenet_v2", MobileNetV2, "MobileNetV2 1.0 (torchvision layout)", "mobilenet_v2", 224,
+              MOBILENET_V2_WEIGHTS),
+    ModelSpec("mobilenet_v1", MobileNetV1, "MobileNetV1 (width from the weights)", "mobilenet_v1", 224,
+              MOBILENET_V1_WEIGHTS),
+    ModelSpec("qf_mobilenet_v1", QFMobileNetV1, "quantization-friendly MobileNetV1 (Sheng et al. 2018)",
+              "qf_mobilenet_v1", 224),
+    ModelSpec("resnet20", functools.partial(_resnet, 20), "CIFAR ResNet-20 (option A)", "resnet_cifar", 32,
+              (_resnet_weights(20, "resnet20-12fca82f.th",
+                               "12fca82f0bebc4135bf1f32f6e3710e61d5108578464b84fd6d7f5c1b04036c8"),)),
+    ModelSpec("resnet32", functools.partial(_resnet, 32), "CIFAR ResNet-32 (option A)", "resnet_cifar", 32),
+    ModelSpec("resnet44", functools.partial(_resnet, 44), "CIFAR ResNet-44 (option A)", "resnet_cifar", 32),
+    ModelSpec("resnet56", functools.partial(_resnet, 56), "CIFAR ResNet-56 (option A)", "resnet_cifar", 32,
+              (_resnet_weights(56, "resnet56-4bfd9763.th",
+                               "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367"),)),
+    *(ModelSpec(f"{'dwscnn' if sep else 'cnn'}_{size}", functools.partial(_family, sep, width, depth),
+                f"{'depthwise-separable' if sep else 'regular'} CNN, width {width}, {depth} blocks (32x32)",
+                "dwscnn" if sep else "cnn", 32)
+      for size, (width, depth) in SIZES.items() for sep in (True, False)),
+)
+
+
+@hookimpl
+def mqbench_register_models(register: Registry[ModelSpec]) -> None:
+    for spec in MODELS:
+        register(spec)

@@ -1,0 +1,50 @@
+"""The data README's reference figures, reproduced through the CLI on the real data.
+
+Skips when the data directory ($MQBENCH_DATA, or ../shared/data beside the checkout) is absent."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from mqbench.data.paths import data_dir
+from tests.helpers import cli_env, mqbench
+
+DATA = data_dir()
+pytestmark = [pytest.mark.slow,
+              pytest.mark.skipif(DATA is None or not (DATA / "imagenet" / "val-1300.parquet").exists(),
+                                 reason="real data not found (set MQBENCH_DATA or put ../shared/data beside the checkout)")]
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    cache = os.environ.get("MQBENCH_CACHE") or str(tmp_path_factory.mktemp("cache"))
+    return cli_env(Path(cache), MQBENCH_DATA=str(DATA))
+
+
+def _rows(results: Path, env: dict[str, str]) -> dict[tuple[str, str, str], dict]:
+    board = json.loads(mqbench("leaderboard", "--format", "json", "--results", str(results), env=env).stdout)
+    return {(r["model"] + ":" + r["weights"], r["pipeline"], r["scheme"]): r for r in board["rows"]}
+
+
+def test_imagenet_float_top1_matches_the_reference(env: dict[str, str], tmp_path: Path) -> None:
+    res = mqbench("run", "--suite", "imagenet", "--method", "fp32", "--results", str(tmp_path), "--quiet", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = _rows(tmp_path, env)
+    for model, expected in (("mobilenet_v2:tf2ptq", 0.7900), ("mobilenet_v2:qat", 0.8008),
+                            ("mobilenet_v1:qat-1.0-224", 0.7846)):
+        row = rows[(model, "fp32", "fp32")]
+        assert row["n"] == 1300
+        assert abs(row["top1"] - expected) <= 0.002, (model, row["top1"])
+
+
+def test_cifar10_float_top1_matches_the_reference(env: dict[str, str], tmp_path: Path) -> None:
+    res = mqbench("run", "--suite", "cifar10", "--method", "fp32", "--results", str(tmp_path), "--quiet", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = _rows(tmp_path, env)
+    for model, expected in (("resnet20:cifar10", 0.8103), ("resnet56:cifar10", 0.8320)):
+        row = rows[(model, "fp32", "fp32")]
+        assert row["n"] == 10000 and abs(row["top1"] - expected) <= 0.002, (model, row["top1"])
