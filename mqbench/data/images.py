@@ -63,6 +63,12 @@ class ImageDataset(DatasetSpec):
 
     splits: tuple[tuple[str, ImageSource], ...] = ()
 
+    def __post_init__(self) -> None:
+        sources = dict(self.splits)
+        if "calib" in sources and sources.get("calib") == sources.get("test"):
+            raise ValueError(f"dataset {self.name!r} would calibrate on its evaluation images: its calib and test "
+                             "splits have the same source")
+
     def source(self, split: str) -> ImageSource:
         sources = dict(self.splits)
         if split not in sources:

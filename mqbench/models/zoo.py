@@ -16,13 +16,16 @@ from torch import nn
 from mqbench import hookimpl
 from mqbench.models import FileWeights, ModelSpec, UrlWeights, WeightsSpec
 from mqbench.models.families import SIZES, FamilyCNN
-from mqbench.models.mobilenet_v1 import MobileNetV1
-from mqbench.models.mobilenet_v2 import MobileNetV2
+from mqbench.models.mobilenet_v1 import IMAGENET_BLOCKS, MobileNetV1
+from mqbench.models.mobilenet_v2 import IMAGENET_SETTING, MobileNetV2
 from mqbench.models.qf_mobilenet_v1 import QFMobileNetV1
 from mqbench.models.resnet_cifar import CifarResNet
 from mqbench.registry import Registry
 
 TF = (("tf_same", True),)
+# 32x32 inputs: no stride in the stem and one fewer downsampling (32 -> 16 -> 8 -> 4).
+CIFAR_V1_BLOCKS = tuple((c, 1 if i == 1 else s) for i, (c, s) in enumerate(IMAGENET_BLOCKS))
+CIFAR_V2_SETTING = tuple((t, c, n, 1 if i == 1 else s) for i, (t, c, n, s) in enumerate(IMAGENET_SETTING))
 
 
 def _tf_file(name: str, file: str, sha256: str, size: int = 224, width: float | None = None,
@@ -72,6 +75,12 @@ MODELS = (
               MOBILENET_V2_WEIGHTS),
     ModelSpec("mobilenet_v1", MobileNetV1, "MobileNetV1 (width from the weights)", "mobilenet_v1", 224,
               MOBILENET_V1_WEIGHTS),
+    ModelSpec("mobilenet_v1_cifar", functools.partial(MobileNetV1, stem_stride=1, blocks=CIFAR_V1_BLOCKS),
+              "MobileNetV1 for 32x32 inputs (stem stride 1, three stride-2 blocks)", "mobilenet_v1", 32),
+    ModelSpec("mobilenet_v2_cifar", functools.partial(MobileNetV2, stem_stride=1, setting=CIFAR_V2_SETTING),
+              "MobileNetV2 for 32x32 inputs (stem stride 1, stride 1 in the second stage)", "mobilenet_v2", 32),
+    ModelSpec("qf_mobilenet_v1_cifar", functools.partial(QFMobileNetV1, stem_stride=1, blocks=CIFAR_V1_BLOCKS),
+              "quantization-friendly MobileNetV1 for 32x32 inputs", "qf_mobilenet_v1", 32),
     ModelSpec("qf_mobilenet_v1", QFMobileNetV1, "quantization-friendly MobileNetV1 (Sheng et al. 2018)",
               "qf_mobilenet_v1", 224),
     ModelSpec("resnet20", functools.partial(_resnet, 20), "CIFAR ResNet-20 (option A)", "resnet_cifar", 32,

@@ -5,8 +5,9 @@ parameters are 0-d tensors; per-channel parameters are 1-d tensors applied along
 
 Conventions (those of int8 runtimes):
 
-* affine mapping ``q = clamp(round(x / scale) + zero_point, qmin, qmax)``, ``x' = (q - zero_point) * scale``,
-  ``round`` half to even (``torch.round``, like ``nearbyint`` in fbgemm and ONNX Runtime);
+* affine mapping ``q = clamp(round(x * (1 / scale)) + zero_point, qmin, qmax)``,
+  ``x' = (q - zero_point) * scale``, ``round`` half to even; multiplying by the float32 inverse scale
+  (rather than dividing) is what torch's quantize kernels and fbgemm do, so codes match them bit for bit;
 * the range is always widened to contain 0, so 0 is exactly representable (zero padding is exact);
 * symmetric: ``zero_point = 0`` and ``scale = max(|min|, |max|) / qmax`` (for int8: amax / 127, the
   TFLite / max-abs convention; the grid is ``[-128, 127]`` and the data uses ``[-127, 127]``);
@@ -107,10 +108,10 @@ def quantize(
     qmax: int,
     axis: int | None = None,
 ) -> torch.Tensor:
-    """Integer codes ``clamp(round(x / scale) + zero_point, qmin, qmax)`` as an int32 tensor."""
+    """Integer codes ``clamp(round(x * (1 / scale)) + zero_point, qmin, qmax)`` as an int32 tensor."""
     _check_finite(x, "the tensor to quantize")
     s, z = _broadcast_qparams(x, scale, zero_point, axis)
-    return torch.clamp(torch.round(x / s) + z, qmin, qmax).to(torch.int32)
+    return torch.clamp(torch.round(x * (1.0 / s)) + z, qmin, qmax).to(torch.int32)
 
 
 def dequantize(
@@ -140,11 +141,18 @@ def fake_quantize(
     clamps (the STE of Bengio et al. / LSQ), so training-based methods can reuse this function.
     """
     _check_finite(x, "the tensor to fake-quantize")
+    if not (x.requires_grad and torch.is_grad_enabled()) and x.dtype == torch.float32:
+        # torch's fused kernels: the same arithmetic in one pass over x.
+        scale = torch.as_tensor(scale, dtype=torch.float32)
+        zero_point = torch.as_tensor(zero_point)
+        if scale.dim() == 0:
+            return torch.fake_quantize_per_tensor_affine(x, float(scale), int(zero_point), qmin, qmax)
+        if axis is None:
+            raise ValueError("per-channel qparams (1-d) need an axis")
+        return torch.fake_quantize_per_channel_affine(x, scale, zero_point.to(torch.int32), axis % x.dim(), qmin, qmax)
     s, z = _broadcast_qparams(x, scale, zero_point, axis)
-    q = torch.clamp(torch.round(x / s) + z, qmin, qmax)
+    q = torch.clamp(torch.round(x * (1.0 / s)) + z, qmin, qmax)
     out = (q - z) * s
-    if not x.requires_grad:
-        return out
     lo, hi = (qmin - z) * s, (qmax - z) * s
     inside = (x >= lo) & (x <= hi)
     return torch.where(inside, x + (out - x).detach(), out.detach())

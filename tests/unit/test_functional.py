@@ -139,3 +139,28 @@ def test_min_above_max_is_rejected() -> None:
         Q.qparams_from_range(torch.tensor(1.0), torch.tensor(0.0), bits=8, symmetric=False, signed=False)
 
 
+
+
+@settings(max_examples=200, deadline=None)
+@given(r=ranges(), bits=bits_st, symmetric=st.booleans(), signed=st.booleans(), per_channel=st.booleans(),
+       seed=st.integers(0, 2**16))
+def test_fused_inference_path_equals_the_reference_arithmetic(r, bits, symmetric, signed, per_channel, seed) -> None:
+    """fake_quantize without gradients uses torch's fused kernels; it must equal the unfused formula
+    (which the gradient path uses) exactly."""
+    lo, hi = r
+    if symmetric and not signed:
+        lo, hi = max(lo, 0.0), max(hi, 0.0)
+    g = torch.Generator().manual_seed(seed)
+    x = lo + (hi - lo) * torch.rand(3, 5, generator=g) * 1.2 - 0.1 * (hi - lo)
+    if per_channel:
+        scale, zp = Q.qparams_from_range(torch.full((3,), lo), torch.full((3,), hi), bits=bits, symmetric=symmetric,
+                                         signed=signed)
+    else:
+        scale, zp = _qp(lo, hi, bits, symmetric, signed)
+    qmin, qmax = Q.quant_range(bits, signed)
+    axis = 0 if per_channel else None
+    fused = Q.fake_quantize(x, scale, zp, qmin=qmin, qmax=qmax, axis=axis)
+    unfused = Q.fake_quantize(x.clone().requires_grad_(True), scale, zp, qmin=qmin, qmax=qmax, axis=axis).detach()
+    assert torch.equal(fused, unfused)
+    assert torch.equal(Q.dequantize(Q.quantize(x, scale, zp, qmin=qmin, qmax=qmax, axis=axis), scale, zp, axis=axis),
+                       fused)

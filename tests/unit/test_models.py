@@ -55,3 +55,27 @@ def test_quantsim_keeps_tf_same_padding() -> None:
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad(), qsim.float_mode():
         assert torch.allclose(qsim(x), model(x), atol=1e-4)
+
+
+def test_cifar_variants_end_at_4x4_and_every_registered_model_builds() -> None:
+    from mqbench.plugins import Plugins
+
+    p = Plugins(entry_points=False, disable=set())
+    for spec in p.models:
+        kwargs = dict(spec.weights[0].build_kwargs) if spec.weights else {}
+        model = spec.build(10, **kwargs).eval()
+        size = spec.input_size if spec.input_size <= 64 else 96
+        with torch.no_grad():
+            assert model(torch.zeros(1, 3, size, size)).shape == (1, 10), spec.name
+    v1 = p.models.get("mobilenet_v1_cifar").build(10)
+    assert v1.features(torch.zeros(1, 3, 32, 32)).shape[-1] == 4  # 32 / 2 / 2 / 2
+    v2 = p.models.get("mobilenet_v2_cifar").build(10)
+    assert v2.features(torch.zeros(1, 3, 32, 32)).shape[-1] == 4  # 32 / 2 / 2 / 2
+
+
+def test_a_dataset_cannot_calibrate_on_its_evaluation_images() -> None:
+    from mqbench.data.images import ImageDataset, ImageSource
+
+    same = ImageSource("parquet", ("x.parquet",))
+    with pytest.raises(ValueError, match="calibrate on its evaluation images"):
+        ImageDataset("bad", "bad", 10, 32, splits=(("calib", same), ("test", same)))
