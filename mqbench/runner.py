@@ -111,6 +111,7 @@ def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines
     Every name is checked first: an unknown one raises UnknownNameError (CLI exit 2) before any work.
     """
     dataset = plugins.datasets.get(suite.dataset)
+    dataset.check()
     model_entries = []
     for entry in models or suite.models:
         name, _, weights = entry.partition(":")

@@ -79,6 +79,10 @@ class DatasetSpec:
     image_size: int
     version: str = "1"  # bump when the data a spec produces changes (keys cached trained weights)
 
+    def check(self, splits: tuple[str, ...] = ("calib", "test")) -> None:
+        """Raise UsageError (naming what is expected where) if ``splits`` cannot be loaded; cheap, no decoding.
+        The runner calls it before any work starts."""
+
     def load_split(self, split: str, limit: int | None = None, preprocess: str = "native",
                    reporter: Reporter = SILENT) -> Split:
         """Decode and return ``split`` (``train``, ``calib`` or ``test``), its first ``limit`` examples,

@@ -69,6 +69,13 @@ class ImageDataset(DatasetSpec):
             raise ValueError(f"dataset {self.name!r} would calibrate on its evaluation images: its calib and test "
                              "splits have the same source")
 
+    def check(self, splits: tuple[str, ...] = ("calib", "test")) -> None:
+        for split in splits:
+            source = self.source(split)
+            if source.kind != "hub":
+                for path in (*source.paths, *((source.ground_truth,) if source.ground_truth else ())):
+                    data_file(path, f"dataset {self.name}/{split}")
+
     def source(self, split: str) -> ImageSource:
         sources = dict(self.splits)
         if split not in sources:

@@ -187,3 +187,12 @@ def test_plugins_and_list_commands(tmp_path: Path) -> None:
 def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monkeypatch.delenv("MQBENCH_DISABLE_PLUGINS", raising=False)
     yield
+
+
+def test_missing_data_directory_is_a_usage_error_naming_the_expected_file(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    res = mqbench("run", "--suite", "imagenet", "--results", str(tmp_path / "r"),
+                  env=cli_env(tmp_path / "cache", MQBENCH_DATA=str(tmp_path / "empty")))
+    assert res.returncode == 2
+    assert "dataset imagenet/calib expects" in res.stderr and "calib-1000.parquet, which does not exist" in res.stderr
+    assert not (tmp_path / "r").exists()
