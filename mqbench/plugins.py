@@ -44,6 +44,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.data.images",
     "mqbench.methods.fp32",
     "mqbench.methods.minmax",
+    "mqbench.methods.cle",
+    "mqbench.methods.bias_correction",
     "mqbench.backends.simulated",
     "mqbench.metrics.accuracy",
     "mqbench.suites",

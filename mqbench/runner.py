@@ -269,6 +269,8 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                                                        "evaluating (deployed)")
             record["qparams_summary"] = {"weight_quantizers": len(qsim.weight_quantizers),
                                          "activation_quantizers": len(qsim.act_quantizers)}
+        if ctx.notes:
+            record["method_notes"] = ctx.notes
         with timer("metrics"):
             record["metrics"] = {
                 which: {metric.name: metric.compute(ev) for metric in plugins.metrics}

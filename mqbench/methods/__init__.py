@@ -14,7 +14,7 @@ by stage and rejects impossible pipelines. Each method's parameters are a frozen
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import nn
@@ -59,6 +59,7 @@ class StepContext:
     seed: int = 0
     batch_size: int = 256
     reporter: Reporter = SILENT
+    notes: dict[str, Any] = field(default_factory=dict)  # what a step did, stored in the record
 
 
 class Method:

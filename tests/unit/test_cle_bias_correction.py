@@ -1,0 +1,103 @@
+"""Defining properties: CLE keeps the float function and equalizes ranges; bias correction removes the
+per-channel mean shift on its calibration data."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from mqbench.data.synthetic import generate
+from mqbench.methods import StepContext
+from mqbench.methods.bias_correction import BiasCorrectionConfig, channel_mean, correct_biases
+from mqbench.methods.cle import CLE, CLEConfig, cross_layer_equalize, find_pairs
+from mqbench.models.builtin import quick_mobilenet_v1
+from mqbench.models.mobilenet_v2 import MobileNetV2
+from mqbench.quant.calibration import calibrate_activations, calibrate_weights
+from mqbench.quant.estimators import MinMaxObserver
+from mqbench.quant.qsim import QuantSim
+from mqbench.schemes import parse_scheme
+
+
+def _relu_mobilenet() -> nn.Module:
+    torch.manual_seed(0)
+    model = quick_mobilenet_v1(10)
+    for name, m in list(model.named_modules()):
+        if isinstance(m, nn.ReLU6):
+            parent, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(parent), attr, nn.ReLU())
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # uneven per-channel scales, as in trained depthwise layers
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.exp(torch.randn(m.num_features, generator=g) * 1.5)
+            m.running_var.data = torch.rand(m.num_features, generator=g) + 0.5
+            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
+    return model.eval()
+
+
+def test_cle_keeps_the_float_output_and_equalizes_ranges() -> None:
+    model = _relu_mobilenet()
+    x = torch.randn(8, 3, 32, 32)
+    gm, notes = cross_layer_equalize(model, CLEConfig(max_sweeps=100, tolerance=1e-10))
+    with torch.no_grad():
+        ref, out = model(x), gm(x)
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+    assert notes["relu6_replaced_by_relu"] == 0 and notes["pairs"] == 16
+
+    def mismatch(g: torch.fx.GraphModule) -> float:
+        worst = 0.0
+        for a, b in find_pairs(g):
+            w1, w2 = g.get_submodule(a).weight, g.get_submodule(b).weight
+            r1 = w1.abs().flatten(1).amax(1)
+            dw = g.get_submodule(b).groups > 1
+            r2 = w2.abs().flatten(1).amax(1) if dw else w2.abs().transpose(0, 1).flatten(1).amax(1)
+            worst = max(worst, float(((r1 - r2).abs() / torch.maximum(r1, r2)).max()))
+        return worst
+
+    before, _ = cross_layer_equalize(model, CLEConfig(max_sweeps=0))
+    # Chains (pw -> dw -> pw -> ...) converge geometrically: ranges agree to 1% after the sweeps.
+    assert mismatch(before) > 0.5 and mismatch(gm) < 0.01
+
+
+def test_cle_reduces_per_tensor_weight_error_and_records_relu6_replacement() -> None:
+    torch.manual_seed(0)
+    model = MobileNetV2(10, width_mult=0.5).eval()
+    ctx = StepContext()
+    gm = CLE().transform(model, CLEConfig(), ctx)
+    assert ctx.notes["cle"]["relu6_replaced_by_relu"] == 35
+    assert not any(isinstance(m, nn.ReLU6) for m in gm.modules())
+
+
+def test_bias_correction_removes_the_mean_shift_on_calibration_data() -> None:
+    model = _relu_mobilenet()
+    calib = generate(0, "calib", 64)
+    qsim = QuantSim.from_float(model, parse_scheme("w4a8-pt"))
+    calibrate_weights(qsim, MinMaxObserver)
+    calibrate_activations(qsim, calib, MinMaxObserver)
+    x = calib.normalize(calib.images)
+
+    means: dict[str, dict[str, torch.Tensor]] = {"float": {}, "quant": {}}
+
+    def shifts(modes: tuple[str, ...]) -> dict[str, float]:
+        out = {}
+        for mode in modes:
+            hooks = [qsim.model.get_submodule(n).register_forward_hook(
+                lambda m, i, o, n=n, mode=mode: means[mode].__setitem__(n, channel_mean(o)))
+                for n in qsim.weight_quantizers]
+            with torch.no_grad():
+                if mode == "float":
+                    with qsim.float_mode():
+                        qsim(x)
+                else:
+                    qsim(x)
+            for h in hooks:
+                h.remove()
+        for n in qsim.weight_quantizers:
+            scale = float(means["float"][n].abs().max()) + 1e-3
+            out[n] = float((means["float"][n] - means["quant"][n]).abs().max()) / scale
+        return out
+
+    before = shifts(("float", "quant"))  # the float reference is taken before any bias changes
+    correct_biases(qsim, calib, BiasCorrectionConfig(max_images=64))
+    after = shifts(("quant",))
+    assert max(before.values()) > 0.05  # 4-bit per-tensor weights do shift the means
+    assert max(after.values()) < 1e-4
