@@ -8,7 +8,9 @@ layer 2 by ``s_i`` leaves the function unchanged. Choosing ``s_i = sqrt(r1_i * r
 of ``W2``, makes both ranges ``sqrt(r1_i r2_i)``: the per-channel ranges of depthwise layers, which
 per-tensor quantization cannot serve, are evened out against their neighbours. Pairs are
 conv -> (ReLU) -> conv with no other consumer in between, including depthwise -> pointwise and
-pointwise -> depthwise; chains are equalized by sweeping all pairs until the scales settle.
+pointwise -> depthwise; chains are equalized by sweeping all pairs until the scales settle. A dead
+output channel of layer 1 (all-zero weights: its output is the constant ``f(b1_i)``) is scaled so its
+consumer's range matches the median equalized range (exact, since ``f(b / s) = f(b) / s``).
 
 ReLU6 is not positively homogeneous (it clips at 6), so, as in the paper, every ReLU6 is replaced
 by ReLU first; the number replaced is recorded in the cell's record (``method_notes``). BatchNorm is
@@ -19,6 +21,7 @@ folded checkpoints no longer carry; it is not applied (said in the record).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import fx, nn
@@ -31,6 +34,7 @@ from mqbench.registry import Registry
 
 @dataclass(frozen=True)
 class CLEConfig(MethodConfig):
+    version: ClassVar[int] = 2  # 2: dead channels are rescaled too
     max_sweeps: int = 20  # sweeps over all pairs; the paper iterates until convergence
     tolerance: float = 1e-8  # stop when no scale differs from 1 by more than this
 
@@ -76,7 +80,15 @@ def equalize_pair(first: nn.Conv2d, second: nn.Conv2d) -> float:
     r1 = w1.abs().flatten(1).amax(1)
     depthwise = second.groups == second.in_channels and second.groups > 1
     r2 = w2.abs().flatten(1).amax(1) if depthwise else w2.abs().transpose(0, 1).flatten(1).amax(1)
-    s = torch.where((r1 > 0) & (r2 > 0), torch.sqrt(r1 * r2) / r2, torch.ones_like(r1))
+    live = (r1 > 0) & (r2 > 0)
+    s = torch.where(live, torch.sqrt(r1 * r2) / r2.clamp_min(1e-30), torch.ones_like(r1))
+    # A dead channel of layer 1 (all-zero weights) outputs the constant f(b); f(b / s) = f(b) / s for any
+    # s > 0, so its consumer's range can be brought to the typical equalized range. Without this, one
+    # dead stem channel of MobileNetV2 tf2ptq leaves a depthwise range of 56 against about 2 elsewhere.
+    dead = (r1 == 0) & (r2 > 0)
+    if bool(dead.any()) and bool(live.any()):
+        target = torch.sqrt(r1 * r2)[live].median()
+        s = torch.where(dead, target / r2.clamp_min(1e-30), s)
     first.weight.data = w1 / s.view(-1, 1, 1, 1)
     if first.bias is not None:
         first.bias.data = first.bias.data / s

@@ -58,6 +58,19 @@ def test_cle_keeps_the_float_output_and_equalizes_ranges() -> None:
     assert mismatch(before) > 0.5 and mismatch(gm) < 0.01
 
 
+def test_cle_rescales_the_consumer_of_a_dead_channel_exactly() -> None:
+    model = _relu_mobilenet()
+    stem, dw = model.features[0][0], model.features[1][0]
+    stem.weight.data[3] = 0.0  # a dead stem channel: its output is the constant ReLU(bias)
+    dw.weight.data[3] *= 50.0
+    x = torch.randn(4, 3, 32, 32)
+    gm, _ = cross_layer_equalize(model, CLEConfig(max_sweeps=50))
+    with torch.no_grad():
+        assert torch.allclose(gm(x), model(x), atol=1e-4, rtol=1e-4)
+    ranges = gm.get_submodule("features.1.0").weight.abs().flatten(1).amax(1)
+    assert float(ranges[3]) <= 2 * float(ranges.median())
+
+
 def test_cle_reduces_per_tensor_weight_error_and_records_relu6_replacement() -> None:
     torch.manual_seed(0)
     model = MobileNetV2(10, width_mult=0.5).eval()
