@@ -31,19 +31,25 @@ class MobileNetV1(nn.Module):
         super().__init__()
         c_in = _channels(32, width_mult)
         layers: list[nn.Module] = [nn.Sequential(
-            conv3x3(3, c_in, stem_stride, tf_same=tf_same), nn.BatchNorm2d(c_in), nn.ReLU6(inplace=True))]
+            conv3x3(3, c_in, stem_stride, tf_same=tf_same), nn.BatchNorm2d(c_in), self.activation())]
         for c, stride in blocks:
             c_out = _channels(c, width_mult)
-            layers.append(nn.Sequential(
-                conv3x3(c_in, c_in, stride, groups=c_in, tf_same=tf_same), nn.BatchNorm2d(c_in),
-                nn.ReLU6(inplace=True),
-                nn.Conv2d(c_in, c_out, 1, 1, 0, bias=False), nn.BatchNorm2d(c_out), nn.ReLU6(inplace=True)))
+            layers.append(self.separable_block(c_in, c_out, stride, tf_same))
             c_in = c_out
         self.features = nn.Sequential(*layers)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(c_in, num_classes)
         _init(self)
+
+    def activation(self) -> nn.Module:
+        return nn.ReLU6(inplace=True)
+
+    def separable_block(self, c_in: int, c_out: int, stride: int, tf_same: bool) -> nn.Sequential:
+        """{0 depthwise 3x3, 1 BN, 2 ReLU6, 3 pointwise 1x1, 4 BN, 5 ReLU6}."""
+        return nn.Sequential(
+            conv3x3(c_in, c_in, stride, groups=c_in, tf_same=tf_same), nn.BatchNorm2d(c_in), self.activation(),
+            nn.Conv2d(c_in, c_out, 1, 1, 0, bias=False), nn.BatchNorm2d(c_out), self.activation())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(self.features(x))

@@ -31,28 +31,19 @@ import torch
 from torch import nn
 
 from mqbench.models.layers import conv3x3
-from mqbench.models.mobilenet_v1 import IMAGENET_BLOCKS, _channels, _init
+from mqbench.models.mobilenet_v1 import MobileNetV1
 
 
-class QFMobileNetV1(nn.Module):
-    def __init__(self, num_classes: int = 1000, width_mult: float = 1.0, stem_stride: int = 2,
-                 blocks: tuple[tuple[int, int], ...] = IMAGENET_BLOCKS, dropout: float = 0.0,
-                 tf_same: bool = False) -> None:
-        super().__init__()
-        c_in = _channels(32, width_mult)
-        layers: list[nn.Module] = [nn.Sequential(
-            conv3x3(3, c_in, stem_stride, tf_same=tf_same), nn.BatchNorm2d(c_in), nn.ReLU(inplace=True))]
-        for c, stride in blocks:
-            c_out = _channels(c, width_mult)
-            layers.append(nn.Sequential(
-                conv3x3(c_in, c_in, stride, groups=c_in, tf_same=tf_same),
-                nn.Conv2d(c_in, c_out, 1, 1, 0, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)))
-            c_in = c_out
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.dropout = nn.Dropout(dropout)
-        self.classifier = nn.Linear(c_in, num_classes)
-        _init(self)
+class QFMobileNetV1(MobileNetV1):
+    """MobileNetV1 with the quantization-friendly block and ReLU (see the module docstring)."""
+
+    def activation(self) -> nn.Module:
+        return nn.ReLU(inplace=True)
+
+    def separable_block(self, c_in: int, c_out: int, stride: int, tf_same: bool) -> nn.Sequential:
+        """{0 depthwise 3x3, 1 pointwise 1x1, 2 BN, 3 ReLU}."""
+        return nn.Sequential(conv3x3(c_in, c_in, stride, groups=c_in, tf_same=tf_same),
+                             nn.Conv2d(c_in, c_out, 1, 1, 0, bias=False), nn.BatchNorm2d(c_out), self.activation())
 
     def depthwise_weights(self) -> list[torch.Tensor]:
         """The depthwise kernels, for the paper's L2 regulariser."""
@@ -65,7 +56,3 @@ class QFMobileNetV1(nn.Module):
     def depthwise_l2_penalty(self) -> torch.Tensor:
         """Sum of squared depthwise weights (multiply by the regularisation strength and add to the loss)."""
         return sum((w * w).sum() for w in self.depthwise_weights())  # type: ignore[return-value]
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(self.features(x))
-        return self.classifier(self.dropout(torch.flatten(x, 1)))

@@ -79,3 +79,20 @@ def test_a_dataset_cannot_calibrate_on_its_evaluation_images() -> None:
     same = ImageSource("parquet", ("x.parquet",))
     with pytest.raises(ValueError, match="calibrate on its evaluation images"):
         ImageDataset("bad", "bad", 10, 32, splits=(("calib", same), ("test", same)))
+
+
+def test_quantization_friendly_block_has_no_bn_or_activation_between_dw_and_pw() -> None:
+    from torch import nn
+
+    from mqbench.models.qf_mobilenet_v1 import QFMobileNetV1
+
+    m = QFMobileNetV1(10, width_mult=0.25)
+    block = m.features[1]
+    assert [type(x) for x in block] == [nn.Conv2d, nn.Conv2d, nn.BatchNorm2d, nn.ReLU]
+    assert block[0].groups == block[0].in_channels and block[1].kernel_size == (1, 1)
+    assert not any(isinstance(x, nn.ReLU6) for x in m.modules())
+    assert len(m.depthwise_weights()) == 13
+    penalty = m.depthwise_l2_penalty()
+    assert torch.isclose(penalty, sum((w * w).sum() for w in m.depthwise_weights()))
+    penalty.backward()
+    assert block[0].weight.grad is not None
