@@ -1,10 +1,24 @@
-"""Atomic file writes: a hidden temp file in the same directory, fsynced, then moved into place."""
+"""File utilities: mqbench's cache directory, sha256 of a file, atomic writes."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import tempfile
 from pathlib import Path
+
+
+def cache_dir() -> Path:
+    """``$MQBENCH_CACHE``, default ``~/.cache/mqbench``: trained weights, downloads, decoded datasets."""
+    return Path(os.environ.get("MQBENCH_CACHE") or "~/.cache/mqbench").expanduser()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def atomic_write(path: Path, data: bytes, *, overwrite: bool) -> None:

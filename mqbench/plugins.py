@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import importlib
 import os
-import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -152,12 +151,11 @@ class Plugins:
                     for item in staged:
                         registry.add(item)
                 except Exception as exc:  # a plugin's bug must not take the others down
-                    self._fail(impl.plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}",
-                               traceback.format_exc(limit=3))
+                    self._fail(impl.plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}")
                     continue
                 info.registered.setdefault(kind, []).extend(staged.names())
 
-    def _fail(self, name: str, message: str, detail: str) -> None:
+    def _fail(self, name: str, message: str) -> None:
         info = self.infos[name]
         info.status, info.error = "failed", message
         # Drop whatever it registered under other hooks already called.

@@ -60,10 +60,6 @@ class Cell:
     eval_limit: int | None = None
     suite: str | None = None
 
-    @property
-    def label(self) -> str:
-        return f"{self.model} {self.pipeline} {self.scheme} {self.backend}"
-
 
 def parse_pipeline(text: str, plugins: Plugins) -> list[Method]:
     """The methods of a ``+``-joined pipeline, ordered by stage; impossible pipelines are UsageErrors."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -48,13 +49,10 @@ class Split:
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (images.float() / 255.0 - mean) / std
 
-    def batches(self, batch_size: int) -> list[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised (inputs, labels) batches in order."""
-        out = []
+    def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Normalised (inputs, labels) batches in order, normalised one batch at a time."""
         for start in range(0, len(self), batch_size):
-            out.append((self.normalize(self.images[start:start + batch_size]),
-                        self.labels[start:start + batch_size]))
-        return out
+            yield (self.normalize(self.images[start:start + batch_size]), self.labels[start:start + batch_size])
 
     @functools.cached_property
     def _digest(self) -> str:

@@ -35,8 +35,7 @@ from mqbench.data import DatasetSpec, Split
 from mqbench.data.paths import data_file
 from mqbench.data.preprocess import parse_preprocess
 from mqbench.errors import MqbenchError, UsageError
-from mqbench.fsutil import atomic_write
-from mqbench.models.weights import cache_dir, sha256_file
+from mqbench.fsutil import atomic_write, cache_dir, sha256_file
 from mqbench.progress import SILENT, Reporter
 from mqbench.registry import Registry
 

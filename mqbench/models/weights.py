@@ -11,7 +11,6 @@ import dataclasses
 import hashlib
 import io
 import json
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,24 +23,12 @@ from mqbench import __version__
 from mqbench.data import DatasetSpec, Split
 from mqbench.data.paths import data_file
 from mqbench.errors import MqbenchError
-from mqbench.fsutil import atomic_write
+from mqbench.fsutil import atomic_write, cache_dir, sha256_file
 from mqbench.models import CheckpointWeights, FileWeights, HubWeights, ModelSpec, TrainedWeights, UrlWeights, WeightsSpec
 from mqbench.progress import SILENT, Reporter
 from mqbench.train import train
 
 TRAIN_RECIPE_VERSION = 1
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("MQBENCH_CACHE") or "~/.cache/mqbench").expanduser()
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def load_state_dict(path: Path) -> dict[str, torch.Tensor]:
