@@ -196,7 +196,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--all", action="store_true", help=f"run the whole default suite ({DEFAULT_SUITE})")
     p.add_argument("--suite", metavar="S", help=f"suite to run (default {DEFAULT_SUITE}; see `mqbench list suites`)")
     p.add_argument("--model", action="append", metavar="M", help="model, or model:weights (repeatable)")
-    p.add_argument("--method", action="append", metavar="P", help="pipeline: methods joined by '+' (repeatable)")
+    p.add_argument("--method", action="append", metavar="P",
+                   help="pipeline (repeatable): method names joined by '+', each optionally with parameters, e.g. "
+                   "'cle+mse+bias_correction', 'percentile(percentile=99.9)' (quote it for the shell); "
+                   "`mqbench list methods` shows every parameter and default")
     p.add_argument("--backend", action="append", metavar="B", help="backend (repeatable)")
     p.add_argument("--scheme", action="append", metavar="S", help="scheme such as w8a8-pt, w8a8-pc, w4a8 (repeatable)")
     p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")

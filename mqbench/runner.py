@@ -21,6 +21,7 @@ import copy
 import hashlib
 import itertools
 import json
+import re
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
@@ -35,7 +36,7 @@ from torch import nn
 from mqbench import provenance
 from mqbench.data import Split
 from mqbench.errors import UsageError
-from mqbench.methods import STAGE_ORDER, Method, StepContext
+from mqbench.methods import STAGE_ORDER, Method, MethodConfig, StepContext
 from mqbench.metrics import Evaluation
 from mqbench.models.weights import load_into, resolve_weights
 from mqbench.plugins import Plugins
@@ -61,28 +62,134 @@ class Cell:
     suite: str | None = None
 
 
-def parse_pipeline(text: str, plugins: Plugins) -> list[Method]:
-    """The methods of a ``+``-joined pipeline, ordered by stage; impossible pipelines are UsageErrors."""
-    names = [n.strip() for n in text.split("+")]
-    if not text.strip() or any(not n for n in names):
-        raise UsageError(f"malformed pipeline {text!r}: method names joined by '+', e.g. 'minmax'")
+@dataclass(frozen=True)
+class Step:
+    """One pipeline step: a method and its (possibly overridden) config."""
+
+    method: Method
+    config: MethodConfig
+
+    @property
+    def name(self) -> str:
+        return self.method.name
+
+    @property
+    def stage(self) -> str:
+        return self.method.stage
+
+    @property
+    def text(self) -> str:
+        """Canonical text: the name, then parameters that differ from the defaults, sorted."""
+        default = self.method.default_config().to_dict()
+        changed = {k: v for k, v in self.config.to_dict().items() if default.get(k) != v}
+        if not changed:
+            return self.name
+        return f"{self.name}({','.join(f'{k}={_format_value(v)}' for k, v in sorted(changed.items()))})"
+
+
+_STEP_RE = re.compile(r"^([A-Za-z_][\w.-]*)(?:\((.*)\))?$")
+
+
+def _format_value(v: Any) -> str:
+    return v if isinstance(v, str) else json.dumps(v)
+
+
+def _parse_value(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def _split_steps(text: str) -> list[str]:
+    parts, depth, cur = [], 0, ""
+    for ch in text:
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        if ch == "+" and depth == 0:
+            parts.append(cur.strip())
+            cur = ""
+        else:
+            cur += ch
+    parts.append(cur.strip())
+    return parts
+
+
+PIPELINE_HELP = ("method names joined by '+', each optionally with parameters: e.g. 'minmax', "
+                 "'cle+mse+bias_correction', 'percentile(percentile=99.9)', 'msqe+mse(targets=activations)'")
+
+
+def parse_pipeline(text: str, plugins: Plugins) -> list[Step]:
+    """The steps of a ``+``-joined pipeline, ordered by stage; impossible pipelines are UsageErrors.
+
+    Checked here (independent of the scheme): syntax, unknown methods and parameters, a method named
+    twice, ``fp32`` combined with other steps, a refine step without a calibrate step, and two
+    calibrate steps for the same tensors. :func:`check_pipeline` adds the scheme-dependent checks.
+    """
+    parts = _split_steps(text)
+    if not text.strip() or any(not p for p in parts):
+        raise UsageError(f"malformed pipeline {text!r}: {PIPELINE_HELP}")
+    steps: list[Step] = []
+    for part in parts:
+        m = _STEP_RE.match(part)
+        if not m:
+            raise UsageError(f"malformed pipeline step {part!r} in {text!r}: {PIPELINE_HELP}")
+        method = plugins.methods.get(m.group(1))
+        overrides: dict[str, Any] = {}
+        for item in filter(None, (x.strip() for x in (m.group(2) or "").split(","))):
+            key, eq, value = item.partition("=")
+            if not eq or not key.strip():
+                raise UsageError(f"malformed parameter {item!r} of step {part!r}: write key=value")
+            overrides[key.strip()] = _parse_value(value.strip())
+        try:
+            config = method.make_config(overrides)
+        except (TypeError, ValueError) as exc:
+            raise UsageError(f"pipeline {text!r}, step {part!r}: {exc}") from None
+        steps.append(Step(method, config))
+    names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise UsageError(f"pipeline {text!r} names a method twice")
-    steps = [plugins.methods.get(n) for n in names]
-    if any(not s.quantizes for s in steps) and len(steps) > 1:
-        plain = [s.name for s in steps if not s.quantizes]
+    if any(not s.method.quantizes for s in steps) and len(steps) > 1:
+        plain = [s.name for s in steps if not s.method.quantizes]
         raise UsageError(f"pipeline {text!r}: {plain[0]} does not quantize and cannot be combined with other steps")
-    if all(s.quantizes for s in steps):
-        calibrators = [s.name for s in steps if s.stage == "calibrate"]
-        if len(calibrators) != 1:
-            what = "no calibrate step" if not calibrators else f"{len(calibrators)} calibrate steps ({', '.join(calibrators)})"
-            raise UsageError(f"pipeline {text!r} has {what}; a quantizing pipeline needs exactly one "
-                             "(e.g. 'minmax')")
+    if all(s.method.quantizes for s in steps):
+        calibrators = [s for s in steps if s.stage == "calibrate"]
+        refiners = [s.name for s in steps if s.stage == "refine"]
+        if not calibrators:
+            what = f"refine step {refiners[0]!r} without a calibrate step" if refiners else "no calibrate step"
+            raise UsageError(f"pipeline {text!r} has {what}; a quantizing pipeline needs a calibrate step that sets "
+                             f"the ranges first (e.g. 'minmax{'+' + refiners[0] if refiners else ''}')")
+        seen: dict[str, str] = {}
+        for s in calibrators:
+            for tensor in sorted(s.method.calibrates(s.config)):
+                if tensor in seen:
+                    raise UsageError(f"pipeline {text!r} has two calibrate steps for the {tensor} ({seen[tensor]} and "
+                                     f"{s.name}); keep one, or restrict each with targets=weights / "
+                                     "targets=activations")
+                seen[tensor] = s.name
+        if "weights" not in seen:
+            raise UsageError(f"pipeline {text!r}: no calibrate step sets the weight ranges (add e.g. "
+                             "'minmax(targets=weights)')")
     return sorted(steps, key=lambda s: STAGE_ORDER[s.stage])
 
 
-def pipeline_name(steps: Sequence[Method]) -> str:
-    return "+".join(s.name for s in steps)
+def check_pipeline(steps: Sequence[Step], scheme: QuantScheme, text: str) -> None:
+    """Scheme-dependent checks: every tensor the scheme quantizes is calibrated, and every step can
+    serve the scheme. UsageError naming the conflict otherwise."""
+    if scheme.is_float or not all(s.method.quantizes for s in steps):
+        return
+    covered = set().union(*(s.method.calibrates(s.config) for s in steps))
+    if scheme.act_bits is not None and "activations" not in covered:
+        raise UsageError(f"pipeline {text!r} does not calibrate activations, which scheme {scheme.name} quantizes; "
+                         "add an activation calibrator (e.g. '+minmax(targets=activations)') or use a weights-only "
+                         f"scheme such as w{scheme.weight_bits}")
+    for s in steps:
+        reason = s.method.check_scheme(scheme, s.config)
+        if reason:
+            raise UsageError(f"pipeline {text!r}: {s.name} cannot serve scheme {scheme.name}: {reason}")
+
+
+def pipeline_name(steps: Sequence[Step]) -> str:
+    return "+".join(s.text for s in steps)
 
 
 def cell_config(cell: Cell, plugins: Plugins) -> dict[str, Any]:
@@ -90,7 +197,7 @@ def cell_config(cell: Cell, plugins: Plugins) -> dict[str, Any]:
     steps = parse_pipeline(cell.pipeline, plugins)
     return {
         "model": cell.model, "weights": cell.weights, "dataset": cell.dataset, "pipeline": cell.pipeline,
-        "steps": [{"method": s.name, "stage": s.stage, "config": s.default_config().to_dict()} for s in steps],
+        "steps": [{"method": s.name, "stage": s.stage, "config": s.config.to_dict()} for s in steps],
         "backend": cell.backend, "scheme": cell.scheme, "seed": cell.seed, "calib_size": cell.calib_size,
         "eval_limit": cell.eval_limit,
     }
@@ -119,13 +226,17 @@ def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines
             raise UsageError(f"model {name!r} weights {weights!r} are for dataset {wdata!r}, but suite "
                              f"{suite.name!r} evaluates on {dataset.name!r}")
         model_entries.append((name, weights))
-    pipes = [pipeline_name(parse_pipeline(p, plugins)) for p in (pipelines or suite.pipelines)]
+    parsed = {pipeline_name(steps): steps for steps in (parse_pipeline(p, plugins) for p in (pipelines or suite.pipelines))}
+    pipes = list(parsed)
     backs = [plugins.backends.get(b).name for b in (backends or suite.backends)]
     scheme_objs = [parse_scheme(s) for s in (schemes or suite.schemes)]
     limit = eval_limit if eval_limit is not None else suite.eval_limit
     cells: list[Cell] = []
+    for pipe in pipes:
+        for scheme in scheme_objs:
+            check_pipeline(parsed[pipe], scheme, pipe)
     for (model, weights), pipe, backend, seed in itertools.product(model_entries, pipes, backs, suite.seeds):
-        quantizes = all(plugins.methods.get(n).quantizes for n in pipe.split("+"))
+        quantizes = all(s.method.quantizes for s in parsed[pipe])
         for scheme in (scheme_objs if quantizes else [FP32]):
             if quantizes and scheme.is_float:
                 continue
@@ -211,7 +322,7 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
         record["plugins"] = {
             "model": _plugin_ref(plugins, "model", cell.model),
             "dataset": _plugin_ref(plugins, "dataset", cell.dataset),
-            "methods": [{**_plugin_ref(plugins, "method", s.name), "version": s.version} for s in steps],
+            "methods": [{**_plugin_ref(plugins, "method", s.name), "version": s.method.version} for s in steps],
             "backend": {**_plugin_ref(plugins, "backend", cell.backend), "version": backend.version,
                         "info": backend.info()},
             "metrics": [_plugin_ref(plugins, "metric", m.name) for m in plugins.metrics],
@@ -236,7 +347,7 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
         for step in steps:
             if step.stage == "transform":
                 with timer(f"transform:{step.name}"):
-                    model = step.transform(model, step.default_config(), ctx)
+                    model = step.method.transform(model, step.config, ctx)
         evaluations: dict[str, Evaluation] = {}
         if scheme.is_float:
             with timer("deploy"):
@@ -250,11 +361,11 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             for step in steps:
                 if step.stage == "calibrate":
                     with timer(f"calibrate:{step.name}"):
-                        step.calibrate(qsim, calib, step.default_config(), ctx)
+                        step.method.calibrate(qsim, calib, step.config, ctx)
             for step in steps:
                 if step.stage == "refine":
                     with timer(f"refine:{step.name}"):
-                        step.refine(qsim, model, calib, step.default_config(), ctx)
+                        step.method.refine(qsim, model, calib, step.config, ctx)
             with timer("evaluate_sim"):
                 evaluations["sim"] = evaluate(qsim.eval(), evalset, ws.batch_size, ws.reporter, "evaluating (sim)")
             if not backend.simulation_only:
@@ -321,5 +432,21 @@ def run(cells: Sequence[Cell], store: Store, ws: Workspace, executor: Executor |
     return summary
 
 
-__all__ = ["Cell", "Executor", "InProcessExecutor", "RunSummary", "Workspace", "cell_config",
-           "config_hash", "evaluate", "expand", "parse_pipeline", "run", "run_cell"]
+__all__ = [
+    "PIPELINE_HELP",
+    "Cell",
+    "Executor",
+    "InProcessExecutor",
+    "RunSummary",
+    "Step",
+    "Workspace",
+    "cell_config",
+    "check_pipeline",
+    "config_hash",
+    "evaluate",
+    "expand",
+    "parse_pipeline",
+    "pipeline_name",
+    "run",
+    "run_cell",
+]

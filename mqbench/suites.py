@@ -40,10 +40,10 @@ IMAGENET = Suite(
     description="pretrained ImageNet MobileNets: calibrate on calib-1000, evaluate on val-1300 (../shared/data)",
     dataset="imagenet",
     models=("mobilenet_v2:tf2ptq", "mobilenet_v2:qat", "mobilenet_v1:qat-1.0-224"),
-    pipelines=("fp32", "minmax"),
+    pipelines=("fp32", "minmax", "minmax+bias_correction", "cle+mse+bias_correction"),
     backends=("simulated",),
     schemes=("w8a8-pt", "w8a8-pc"),
-    calib_size=256,
+    calib_size=512,
 )
 
 CIFAR10 = Suite(

@@ -6,9 +6,12 @@ A method is one step of a pipeline and declares its stage:
 * ``calibrate`` (choose ranges / qparams): ``calibrate(qsim, calib, config, ctx)``;
 * ``refine`` (after calibration: bias correction, AdaRound, ...): ``refine(qsim, float_model, calib, config, ctx)``.
 
-Pipelines are ``+``-joined method names (``cle+minmax+bias_correction``); the runner orders the steps
-by stage and rejects impossible pipelines. Each method's parameters are a frozen, versioned
-:class:`MethodConfig` dataclass stored in every record.
+Pipelines are ``+``-joined steps (``cle+mse+bias_correction``); a step is a method name, optionally
+with parameters: ``percentile(percentile=99.9)``, ``mse(targets=activations)``. The runner orders the
+steps by stage and rejects impossible pipelines before any work: a refine step without a calibrate
+step, two calibrate steps for the same tensors (``calibrates``), tensors the scheme quantizes that no
+step calibrates, or a scheme a step cannot serve (``check_scheme``). Each method's parameters are a
+frozen, versioned :class:`MethodConfig` dataclass stored in every record.
 """
 
 from __future__ import annotations
@@ -23,10 +26,13 @@ from mqbench.progress import SILENT, Reporter
 
 if TYPE_CHECKING:
     from mqbench.data import Split
-    from mqbench.quant.qsim import QuantSim
+    from mqbench.quant.estimators import Observer
+    from mqbench.quant.qsim import Quantizer, QuantSim
+    from mqbench.schemes import QuantScheme
 
 Stage = Literal["transform", "calibrate", "refine"]
 STAGE_ORDER: dict[str, int] = {"transform": 0, "calibrate": 1, "refine": 2}
+TENSORS = ("weights", "activations")
 
 
 @dataclass(frozen=True)
@@ -75,6 +81,23 @@ class Method:
     def default_config(self) -> MethodConfig:
         return self.config_type()
 
+    def make_config(self, overrides: dict[str, Any]) -> MethodConfig:
+        """The default config with ``overrides`` (from ``name(key=value, ...)``); ValueError on a bad key or value."""
+        fields = {f.name: f for f in dataclasses.fields(self.config_type)}
+        unknown = sorted(set(overrides) - set(fields))
+        if unknown:
+            known = ", ".join(fields) or "none"
+            raise ValueError(f"method {self.name} has no parameter {unknown[0]!r} (parameters: {known})")
+        return self.config_type(**overrides)
+
+    def calibrates(self, config: MethodConfig) -> frozenset[str]:
+        """The tensors (``weights``, ``activations``) whose ranges this step sets; calibrate steps only."""
+        return frozenset(TENSORS) if self.stage == "calibrate" else frozenset()
+
+    def check_scheme(self, scheme: QuantScheme, config: MethodConfig) -> str | None:
+        """Why this step cannot serve ``scheme`` (None when it can): checked before any work starts."""
+        return None
+
     def transform(self, model: nn.Module, config: MethodConfig, ctx: StepContext) -> nn.Module:
         raise NotImplementedError(f"method {self.name} has no transform step")
 
@@ -89,4 +112,48 @@ class Method:
         return f"<method {self.name} ({self.stage})>"
 
 
-__all__ = ["STAGE_ORDER", "Method", "MethodConfig", "NoConfig", "Stage", "StepContext"]
+@dataclass(frozen=True)
+class RangeConfig(MethodConfig):
+    """Base config of range estimators: which tensors the step calibrates."""
+
+    targets: str = "all"  # "all", "weights" or "activations"
+
+    def __post_init__(self) -> None:
+        if self.targets not in ("all", *TENSORS):
+            raise ValueError(f"targets must be 'all', 'weights' or 'activations', got {self.targets!r}")
+
+    @property
+    def tensors(self) -> frozenset[str]:
+        return frozenset(TENSORS) if self.targets == "all" else frozenset({self.targets})
+
+
+class RangeEstimator(Method):
+    """Base of calibrate steps that choose ranges with observers: subclasses give the observers;
+    ``config.targets`` says whether weights, activations or both are calibrated here."""
+
+    stage: Stage = "calibrate"
+    config_type: type[MethodConfig] = RangeConfig
+
+    def weight_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
+        raise NotImplementedError
+
+    def activation_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
+        raise NotImplementedError
+
+    def calibrates(self, config: MethodConfig) -> frozenset[str]:
+        assert isinstance(config, RangeConfig)
+        return config.tensors
+
+    def calibrate(self, qsim: QuantSim, calib: Split, config: MethodConfig, ctx: StepContext) -> None:
+        from mqbench.quant.calibration import calibrate_activations, calibrate_weights
+
+        tensors = self.calibrates(config)
+        if "weights" in tensors:
+            calibrate_weights(qsim, lambda q: self.weight_observer(q, config))
+        if "activations" in tensors and qsim.act_quantizers:
+            calibrate_activations(qsim, calib, lambda q: self.activation_observer(q, config), ctx.batch_size,
+                                  ctx.reporter)
+
+
+__all__ = ["STAGE_ORDER", "TENSORS", "Method", "MethodConfig", "NoConfig", "RangeConfig", "RangeEstimator", "Stage",
+           "StepContext"]

@@ -1,6 +1,6 @@
 """``bias_correction``: empirical bias correction (Finkelstein, Almog & Grobman 2019, "Fighting
-Quantization Bias With Bias", Section 3, the iterative estimator; also Nagel et al. 2019, Section 4.2,
-empirical variant).
+Quantization Bias With Bias", Section 3: the iterative estimator and the bias-only training phase;
+also Nagel et al. 2019, Section 4.2, empirical variant, which the iterative estimator is).
 
 Quantization shifts the mean of each output channel of a layer; the shift propagates and
 accumulates through the network. Layer by layer in network order, with every earlier correction
@@ -13,6 +13,12 @@ forward hooks: when layer L runs, all earlier layers are already corrected, so i
 exactly the iterative estimator's, and adding it to L's output equals re-running with the new bias.
 Two forward passes replace the 2 x (number of layers) of a literal implementation. ``max_images``
 bounds the single batch (memory).
+
+``estimator="training"``: the paper's second estimator. Only the biases of the quantized layers are
+trainable; they are fitted by Adam for ``epochs`` passes over the calibration images to minimise the
+mean squared error between the quantized network's logits and the float network's (weights and
+quantizer parameters stay fixed; gradients pass the activation quantizers by the straight-through
+estimator). It starts from the iterative estimate when ``estimator="iterative+training"``.
 """
 
 from __future__ import annotations
@@ -25,13 +31,24 @@ from torch import nn
 from mqbench import hookimpl
 from mqbench.data import Split
 from mqbench.methods import Method, MethodConfig, StepContext
+from mqbench.progress import SILENT, Reporter
 from mqbench.quant.qsim import QuantSim
 from mqbench.registry import Registry
 
 
 @dataclass(frozen=True)
 class BiasCorrectionConfig(MethodConfig):
-    max_images: int = 256  # calibration images in the single corrected pass
+    max_images: int = 256  # calibration images in the single corrected pass (iterative estimator)
+    estimator: str = "iterative"  # "iterative", "training" or "iterative+training"
+    epochs: int = 2  # bias-only training: passes over the calibration images
+    lr: float = 1e-3  # bias-only training: Adam learning rate
+    train_batch: int = 32
+
+    def __post_init__(self) -> None:
+        if self.estimator not in ("iterative", "training", "iterative+training"):
+            raise ValueError(f"estimator must be 'iterative', 'training' or 'iterative+training', got {self.estimator!r}")
+        if self.max_images < 1 or self.epochs < 0 or self.lr <= 0 or self.train_batch < 1:
+            raise ValueError("max_images, train_batch >= 1, epochs >= 0 and lr > 0 are required")
 
 
 def channel_mean(out: torch.Tensor) -> torch.Tensor:
@@ -80,17 +97,63 @@ def correct_biases(qsim: QuantSim, calib: Split, config: BiasCorrectionConfig, b
     return applied
 
 
+def train_biases(qsim: QuantSim, float_model: nn.Module, calib: Split, config: BiasCorrectionConfig,
+                 seed: int = 0, reporter: Reporter = SILENT) -> list[float]:
+    """Bias-only training (Finkelstein et al. 2019, Section 3.2): returns the mean loss of each epoch."""
+    layers = [qsim.model.get_submodule(name) for name in qsim.weight_quantizers]
+    for layer in layers:
+        if layer.bias is None:
+            layer.bias = nn.Parameter(torch.zeros(layer.weight.shape[0]))
+    biases: list[torch.Tensor] = []
+    for layer in layers:
+        assert isinstance(layer.bias, torch.Tensor)
+        biases.append(layer.bias)
+    saved = {id(p): p.requires_grad for p in qsim.parameters()}
+    for p in qsim.parameters():
+        p.requires_grad_(False)
+    for b in biases:
+        b.requires_grad_(True)
+    optimizer = torch.optim.Adam(biases, lr=config.lr)
+    images = calib.normalize(calib.images)
+    with torch.no_grad():
+        float_model.eval()
+        targets = torch.cat([float_model(images[i:i + 64]) for i in range(0, len(images), 64)])
+    generator = torch.Generator().manual_seed(seed)
+    losses = []
+    try:
+        for _ in reporter.track(range(config.epochs), "bias-only training (epochs)", total=config.epochs):
+            order = torch.randperm(len(images), generator=generator)
+            total = 0.0
+            for start in range(0, len(images), config.train_batch):
+                idx = order[start:start + config.train_batch]
+                loss = torch.nn.functional.mse_loss(qsim(images[idx]), targets[idx])
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach()) * len(idx)
+            losses.append(total / len(images))
+    finally:
+        for p in qsim.parameters():
+            p.requires_grad_(saved[id(p)])
+    return losses
+
+
 class BiasCorrection(Method):
     name = "bias_correction"
     stage = "refine"
-    description = "iterative empirical bias correction (Finkelstein et al. 2019)"
+    description = "bias correction (Finkelstein et al. 2019): iterative empirical, or bias-only training"
     config_type = BiasCorrectionConfig
 
     def refine(self, qsim: QuantSim, float_model: nn.Module, calib: Split, config: MethodConfig,
                ctx: StepContext) -> None:
         assert isinstance(config, BiasCorrectionConfig)
-        applied = correct_biases(qsim, calib, config, ctx.batch_size)
-        ctx.notes[self.name] = {"layers": len(applied), "max_abs_correction": max(applied.values(), default=0.0)}
+        notes: dict[str, object] = {"estimator": config.estimator}
+        if config.estimator in ("iterative", "iterative+training"):
+            applied = correct_biases(qsim, calib, config, ctx.batch_size)
+            notes.update(layers=len(applied), max_abs_correction=max(applied.values(), default=0.0))
+        if config.estimator in ("training", "iterative+training"):
+            notes["training_loss_per_epoch"] = train_biases(qsim, float_model, calib, config, ctx.seed, ctx.reporter)
+        ctx.notes[self.name] = notes
 
 
 @hookimpl

@@ -9,22 +9,21 @@ MinMaxObserver does. This is the baseline under which MobileNets collapse.
 from __future__ import annotations
 
 from mqbench import hookimpl
-from mqbench.data import Split
-from mqbench.methods import Method, MethodConfig, StepContext
-from mqbench.quant.calibration import calibrate_activations, calibrate_weights
-from mqbench.quant.estimators import MinMaxObserver
-from mqbench.quant.qsim import QuantSim
+from mqbench.methods import Method, MethodConfig, RangeEstimator
+from mqbench.quant.estimators import MinMaxObserver, Observer
+from mqbench.quant.qsim import Quantizer
 from mqbench.registry import Registry
 
 
-class MinMax(Method):
+class MinMax(RangeEstimator):
     name = "minmax"
-    stage = "calibrate"
     description = "naive PTQ: min/max ranges for weights and activations"
 
-    def calibrate(self, qsim: QuantSim, calib: Split, config: MethodConfig, ctx: StepContext) -> None:
-        calibrate_weights(qsim, MinMaxObserver)
-        calibrate_activations(qsim, calib, MinMaxObserver, ctx.batch_size, ctx.reporter)
+    def weight_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
+        return MinMaxObserver(quantizer.axis)
+
+    def activation_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
+        return MinMaxObserver(None)
 
 
 @hookimpl

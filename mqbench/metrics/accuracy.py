@@ -1,8 +1,10 @@
-"""Top-1 / top-5 accuracy with 95% Wilson score intervals (the built-in ``accuracy`` metric)."""
+"""Top-1 / top-5 accuracy with 95% Wilson score intervals (the built-in ``accuracy`` metric), and the
+per-image top-1 outcomes (packed bits) that paired tests between rows need (:func:`mcnemar_p`)."""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -33,6 +35,39 @@ def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Te
     return (logits.topk(k, dim=1).indices == labels.view(-1, 1)).any(dim=1)
 
 
+def pack_bits(correct: torch.Tensor) -> str:
+    """Boolean (N,) outcomes as a hex string, image 0 in the most significant bit of the first byte."""
+    bits = correct.to(torch.bool).tolist()
+    out = bytearray((len(bits) + 7) // 8)
+    for i, b in enumerate(bits):
+        if b:
+            out[i // 8] |= 0x80 >> (i % 8)
+    return out.hex()
+
+
+def unpack_bits(text: str, n: int) -> list[bool]:
+    """Inverse of :func:`pack_bits` for ``n`` images."""
+    data = bytes.fromhex(text)
+    if len(data) != (n + 7) // 8:
+        raise ValueError(f"{len(data)} bytes of outcomes do not describe {n} images")
+    return [bool(data[i // 8] & (0x80 >> (i % 8))) for i in range(n)]
+
+
+def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
+    """Two-sided exact McNemar test (binomial on the discordant pairs) of two classifiers' per-image
+    outcomes on the same images: the probability, if both were equally accurate, of a split of the
+    discordant images at least as uneven as the one seen. 1.0 when no image is discordant."""
+    if len(a) != len(b):
+        raise ValueError(f"paired outcomes need the same images, got {len(a)} and {len(b)}")
+    only_a = sum(1 for x, y in zip(a, b, strict=True) if x and not y)
+    only_b = sum(1 for x, y in zip(a, b, strict=True) if y and not x)
+    n, k = only_a + only_b, min(only_a, only_b)
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(k + 1))
+    return min(1.0, 2 * tail / 2**n)
+
+
 class Accuracy(Metric):
     name = "accuracy"
     description = "top-1 and top-5 accuracy with 95% Wilson confidence intervals"
@@ -44,6 +79,7 @@ class Accuracy(Metric):
             hits = int(topk_correct(evaluation.logits, evaluation.labels, k).sum())
             lo, hi = wilson_interval(hits, n)
             out[f"top{k}"] = {"value": hits / n if n else float("nan"), "ci95": [lo, hi], "correct": hits}
+        out["top1_outcomes"] = pack_bits(topk_correct(evaluation.logits, evaluation.labels, 1))
         return out
 
 

@@ -38,3 +38,25 @@ def conv3x3(c_in: int, c_out: int, stride: int, groups: int = 1, tf_same: bool =
     if tf_same and stride > 1:
         return Conv2dSame(c_in, c_out, 3, stride, 0, groups=groups, bias=bias)
     return nn.Conv2d(c_in, c_out, 3, stride, 1, groups=groups, bias=bias)
+
+
+class ChannelClippedReLU(nn.Module):
+    """``min(relu(x), upper_c)`` with one upper bound per channel (axis 1).
+
+    What ReLU6 becomes when cross-layer equalization rescales the channels of its input by ``1 / s_c``:
+    ``relu6(x) / s_c = min(relu(x / s_c), 6 / s_c)``, so equalization stays exact without replacing the
+    clip by a plain ReLU. Starts as ReLU6 (every bound 6).
+    """
+
+    upper: torch.Tensor
+
+    def __init__(self, channels: int, upper: float = 6.0) -> None:
+        super().__init__()
+        self.register_buffer("upper", torch.full((channels,), float(upper)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return torch.minimum(torch.relu(x), self.upper.view(shape))
+
+    def extra_repr(self) -> str:
+        return f"channels={self.upper.numel()}"

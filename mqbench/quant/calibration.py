@@ -1,7 +1,8 @@
 """Calibration helpers shared by range-estimation methods: run observers, set ranges.
 
-A method supplies an observer factory (which statistics to collect and how to turn them into a
-range); these functions do the plumbing: weights are observed directly, activations by running the
+A method supplies an observer factory, called with each :class:`Quantizer` (so it can read the
+quantizer's ``axis`` and integer ``grid``): which statistics to collect and how to turn them into a
+range. These functions do the plumbing: weights are observed directly, activations by running the
 float model (every quantizer off) over the calibration images with observers at each point.
 """
 
@@ -13,26 +14,28 @@ import torch
 
 from mqbench.data import Split
 from mqbench.progress import SILENT, Reporter
-from mqbench.quant.estimators import Observer
-from mqbench.quant.qsim import QuantSim
+from mqbench.quant.estimators import MinMaxObserver, Observer
+from mqbench.quant.qsim import Quantizer, QuantSim
+
+ObserverFactory = Callable[[Quantizer], Observer]
 
 
-def calibrate_weights(qsim: QuantSim, make_observer: Callable[[int | None], Observer]) -> None:
-    """Set every weight quantizer's range from ``make_observer(axis)`` fed with its weight tensor."""
+def calibrate_weights(qsim: QuantSim, make_observer: ObserverFactory) -> None:
+    """Set every weight quantizer's range from ``make_observer(quantizer)`` fed with its weight tensor."""
     for name, quantizer in qsim.weight_quantizers.items():
-        observer = make_observer(quantizer.axis)
+        observer = make_observer(quantizer)
         observer.observe(qsim.layer_weight(name))
         quantizer.set_range(*observer.compute_range())
 
 
-def calibrate_activations(qsim: QuantSim, calib: Split, make_observer: Callable[[], Observer],
+def calibrate_activations(qsim: QuantSim, calib: Split, make_observer: ObserverFactory,
                           batch_size: int = 256, reporter: Reporter = SILENT) -> None:
     """Observe every activation point on ``calib`` with the float model, then set its range.
 
     Afterwards every quantizer is in ``quantize`` mode and no observer is left attached.
     """
     for q in qsim.act_quantizers.values():
-        q.observer = make_observer()
+        q.observer = make_observer(q)
     qsim.set_mode("off")
     qsim.set_mode("observe", "activations")
     try:
@@ -47,3 +50,8 @@ def calibrate_activations(qsim: QuantSim, calib: Split, make_observer: Callable[
         for q in qsim.act_quantizers.values():
             q.observer = None
         qsim.set_mode("quantize")
+
+
+def minmax_observer(quantizer: Quantizer) -> Observer:
+    """The naive observer: running min/max, per channel when the quantizer is."""
+    return MinMaxObserver(quantizer.axis)

@@ -9,6 +9,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from mqbench.errors import MqbenchError
+from mqbench.models.layers import ChannelClippedReLU
 
 
 def trace(model: nn.Module) -> fx.GraphModule:
@@ -28,7 +29,7 @@ class _LayerTracer(fx.Tracer):
     """Keeps every conv and linear (subclasses too, such as Conv2dSame) a leaf, so each is one node."""
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        return isinstance(m, (nn.Conv2d, nn.Linear)) or super().is_leaf_module(m, module_qualified_name)
+        return isinstance(m, (nn.Conv2d, nn.Linear, ChannelClippedReLU)) or super().is_leaf_module(m, module_qualified_name)
 
 
 def fold_batchnorm(gm: fx.GraphModule) -> fx.GraphModule:

@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from mqbench.models.layers import Conv2dSame, tf_same_pad
+from mqbench.models.layers import ChannelClippedReLU, Conv2dSame, tf_same_pad
 from mqbench.quant import functional as Q
-from mqbench.quant.estimators import Observer
+from mqbench.quant.estimators import Grid, Observer
 from mqbench.quant.graph import LayerInfo, fold_batchnorm, trace, weighted_layers
 from mqbench.schemes import QuantScheme
 
@@ -55,6 +55,11 @@ class Quantizer(nn.Module):
     @property
     def per_channel(self) -> bool:
         return self.axis is not None
+
+    @property
+    def grid(self) -> Grid:
+        """The integer grid this quantizer maps onto (what clipping estimators optimise for)."""
+        return Grid(self.bits, self.symmetric, self.signed, self.power_of_two)
 
     @property
     def calibrated(self) -> bool:
@@ -136,7 +141,7 @@ class QuantLinear(nn.Linear):
         return F.linear(x, self.weight_quantizer(self.weight), self.bias)
 
 
-_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh)
+_ACTIVATION_MODULES = (nn.ReLU, nn.ReLU6, nn.Hardtanh, ChannelClippedReLU)
 _ACTIVATION_FUNCTIONS = {F.relu, torch.relu, F.relu6, F.hardtanh, torch.clamp}
 _PASSTHROUGH_MODULES = (nn.MaxPool2d, nn.Flatten, nn.Dropout, nn.Identity)
 # Zero padding keeps the input's qparams (0 is exactly representable), as do slicing and reshaping.

@@ -4,6 +4,12 @@ For each config hash the newest record wins (records are append-only; ``--force`
 ones). A row's accuracy is the deployed model's where the backend runs a real executable, otherwise
 the simulation's. ``delta_top1`` is the difference to the ``fp32`` row of the same dataset, model,
 weights, seed and evaluation size.
+
+Significance (val-1300 is small): rows evaluated on the same images are compared with the exact
+McNemar test on their per-image top-1 outcomes. ``p_vs_fp32`` compares a row with its ``fp32`` row;
+``p_vs_best`` with the most accurate row of the same model and scheme (the scheme's leader). Tables
+mark a difference significant at 95% (p < 0.05): ``*`` after the delta to fp32, and ``≈ best`` /
+``< best`` for a row that is / is not statistically tied with its scheme's leader.
 """
 
 from __future__ import annotations
@@ -18,10 +24,13 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from mqbench.metrics.accuracy import mcnemar_p, unpack_bits
 from mqbench.store import LoadResult
 
 FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme", "seed", "status", "evaluated",
-          "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "note", "record")
+          "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "p_vs_fp32", "p_vs_best",
+          "best_in_scheme", "note", "record")
+ALPHA = 0.05
 
 
 def _latest(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -60,25 +69,65 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             "weights": c.get("weights"), "pipeline": c.get("pipeline"), "backend": c.get("backend"),
             "scheme": c.get("scheme"), "seed": c.get("seed"), "status": r["status"], "evaluated": which,
             "top1": None, "top1_lo": None, "top1_hi": None, "top5": None, "top5_lo": None, "top5_hi": None,
-            "n": None, "delta_top1": None, "note": note, "record": Path(r.get("_path", "")).name,
-            "n_config": c.get("eval_limit"),
+            "n": None, "delta_top1": None, "p_vs_fp32": None, "p_vs_best": None,
+            "best_in_scheme": False, "note": note,
+            "record": Path(r.get("_path", "")).name, "n_config": c.get("eval_limit"),
+            "_images": ((r.get("data") or {}).get("eval") or {}).get("fingerprint"), "_outcomes": None,
         }
         if acc:
             row.update(top1=acc["top1"]["value"], top1_lo=acc["top1"]["ci95"][0], top1_hi=acc["top1"]["ci95"][1],
                        top5=acc["top5"]["value"], top5_lo=acc["top5"]["ci95"][0], top5_hi=acc["top5"]["ci95"][1],
                        n=acc["n"])
+            if acc.get("top1_outcomes"):
+                row["_outcomes"] = unpack_bits(acc["top1_outcomes"], acc["n"])
         rows.append(row)
-    refs = {_group_key(r): r["top1"] for r in rows
+    refs = {_group_key(r): r for r in rows
             if r["pipeline"] == "fp32" and r["status"] == "ok" and r["top1"] is not None}
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        key = (*_group_key(row), row["scheme"])
+        if row["top1"] is not None and (key not in best or row["top1"] > best[key]["top1"]):
+            best[key] = row
     for row in rows:
         ref = refs.get(_group_key(row))
         if ref is not None and row["top1"] is not None:
-            row["delta_top1"] = row["top1"] - ref
+            row["delta_top1"] = row["top1"] - ref["top1"]
+            if row is not ref:
+                row["p_vs_fp32"] = _paired_p(row, ref)
+        leader = best.get((*_group_key(row), row["scheme"]))
+        if leader is not None and row["top1"] is not None and row["scheme"] != "fp32":
+            if leader is row:
+                row["best_in_scheme"] = True
+            else:
+                row["p_vs_best"] = _paired_p(row, leader)
     rows.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), str(r["weights"]), r["pipeline"] != "fp32",
                              str(r["pipeline"]), str(r["scheme"]), str(r["backend"]), r["seed"] or 0))
     for row in rows:
-        del row["n_config"]
+        del row["n_config"], row["_images"], row["_outcomes"]
     return rows
+
+
+def _paired_p(a: dict[str, Any], b: dict[str, Any]) -> float | None:
+    """McNemar p of two rows evaluated on the same images (same fingerprint and count), else None."""
+    if a["_outcomes"] is None or b["_outcomes"] is None or a["_images"] != b["_images"] or a["n"] != b["n"]:
+        return None
+    return mcnemar_p(a["_outcomes"], b["_outcomes"])
+
+
+def _sig(row: dict[str, Any]) -> str:
+    """The delta to fp32 with ``*`` when significant at 95%."""
+    text = _delta(row["delta_top1"])
+    return text + ("*" if row["p_vs_fp32"] is not None and row["p_vs_fp32"] < ALPHA else "")
+
+
+def _vs_best(row: dict[str, Any]) -> str:
+    """``best`` for a scheme's leader; ``< best`` / ``≈ best`` (with McNemar's p) for the others."""
+    if row["best_in_scheme"]:
+        return "best"
+    p = row["p_vs_best"]
+    if p is None:
+        return ""
+    return f"< best (p={p:.2g})" if p < ALPHA else f"≈ best (p={p:.2g})"
 
 
 def _pct(v: float | None) -> str:
@@ -111,6 +160,10 @@ def _provenance_line(records: Sequence[dict[str, Any]]) -> str:
     return f"Measured on: {'; '.join(machines)}.{flag}"
 
 
+LEGEND = ("`*` after Δ: differs from fp32 at 95% (two-sided exact McNemar test on the same evaluation images). "
+          "`≈ best`: not significantly different from the most accurate row of the same model and scheme; "
+          "`< best`: significantly worse (p < 0.05).")
+
 STATUS_TEXT = {"ok": "", "failed": "FAILED", "skipped": "skipped"}
 
 
@@ -121,13 +174,16 @@ def render_markdown(loaded: LoadResult) -> str:
         lines.append("No records.")
     for (dataset, model, weights), group in _groups(rows).items():
         lines += [f"## {model} ({weights}) on {dataset}", "",
-                  "| pipeline | scheme | backend | top-1 % [95% CI] | top-5 % | Δ top-1 vs fp32 | n | status |",
-                  "|---|---|---|---|---|---|---|---|"]
+                  "| pipeline | scheme | backend | top-1 % [95% CI] | top-5 % | Δ top-1 vs fp32 | vs scheme's best | n "
+                  "| status |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" ({r['note']})" if r["note"] else "")
             lines.append(f"| {r['pipeline']} | {r['scheme']} | {r['backend']} | {_ci(r, 'top1')} | {_pct(r['top5'])} "
-                         f"| {_delta(r['delta_top1'])} | {r['n'] or ''} | {status.strip()} |")
+                         f"| {_sig(r)} | {_vs_best(r)} | {r['n'] or ''} | {status.strip()} |")
         lines.append("")
+    if rows:
+        lines += [LEGEND, ""]
     prov = _provenance_line(loaded.records)
     if prov:
         lines += [prov, ""]
@@ -159,13 +215,14 @@ def print_rich(loaded: LoadResult, console: Console) -> None:
     for (dataset, model, weights), group in _groups(rows).items():
         table = Table(title=f"{model} ({weights}) on {dataset}", title_justify="left")
         for col, just in (("pipeline", "left"), ("scheme", "left"), ("backend", "left"), ("top-1 % [95% CI]", "right"),
-                          ("top-5 %", "right"), ("Δ vs fp32", "right"), ("n", "right"), ("status", "left")):
+                          ("top-5 %", "right"), ("Δ vs fp32", "right"), ("vs scheme's best", "left"), ("n", "right"),
+                          ("status", "left")):
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" {r['note']}" if r["note"] else "")
             style = "red" if r["status"] == "failed" else ("dim" if r["status"] == "skipped" else None)
             table.add_row(r["pipeline"], r["scheme"], r["backend"], _ci(r, "top1"), _pct(r["top5"]),
-                          _delta(r["delta_top1"]), str(r["n"] or ""), status.strip(), style=style)
+                          _sig(r), _vs_best(r), str(r["n"] or ""), status.strip(), style=style)
         console.print(table)
     prov = _provenance_line(loaded.records)
     if prov:

@@ -13,8 +13,7 @@ import torch
 from mqbench.data.synthetic import generate
 from mqbench.models.builtin import quick_mobilenet_v2
 from mqbench.quant import functional as Q
-from mqbench.quant.calibration import calibrate_activations, calibrate_weights
-from mqbench.quant.estimators import MinMaxObserver
+from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import QuantSim
 from mqbench.report import leaderboard
 from mqbench.schemes import parse_scheme
@@ -35,8 +34,8 @@ def test_forward_batch256(benchmark, which: str) -> None:
     x = data.normalize(data.images)
     if which == "qsim":
         qsim = QuantSim.from_float(model, parse_scheme("w8a8-pc"))
-        calibrate_weights(qsim, MinMaxObserver)
-        calibrate_activations(qsim, data, MinMaxObserver)
+        calibrate_weights(qsim, minmax_observer)
+        calibrate_activations(qsim, data, minmax_observer)
         model = qsim.eval()
     with torch.inference_mode():
         benchmark(model, x)

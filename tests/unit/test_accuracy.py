@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from mqbench.metrics import Evaluation
 from mqbench.metrics.accuracy import Accuracy, topk_correct, wilson_interval
@@ -29,3 +31,22 @@ def test_topk_and_metric() -> None:
     assert out["n"] == 3 and out["top1"]["value"] == pytest.approx(1 / 3) and out["top5"]["value"] == 1.0
     lo, hi = out["top1"]["ci95"]
     assert lo < 1 / 3 < hi
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.lists(st.booleans(), min_size=0, max_size=40))
+def test_outcome_bits_round_trip(outcomes: list[bool]) -> None:
+    from mqbench.metrics.accuracy import pack_bits, unpack_bits
+    assert unpack_bits(pack_bits(torch.tensor(outcomes, dtype=torch.bool)), len(outcomes)) == outcomes
+
+
+def test_mcnemar_exact_values() -> None:
+    from mqbench.metrics.accuracy import mcnemar_p
+    a = [True] * 10 + [False] * 5
+    b = [False] * 10 + [False] * 5
+    assert abs(mcnemar_p(a, b) - 2 / 2**10) < 1e-12  # 10 discordant, all one way
+    assert mcnemar_p(a, a) == 1.0
+    # 6 vs 2 discordant: p = 2 * P(X <= 2 | n=8) = 2 * 37/256
+    c = [True] * 6 + [False] * 2 + [True] * 5
+    d = [False] * 6 + [True] * 2 + [True] * 5
+    assert abs(mcnemar_p(c, d) - 2 * 37 / 256) < 1e-12 and mcnemar_p(c, d) == mcnemar_p(d, c)

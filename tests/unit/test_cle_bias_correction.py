@@ -11,9 +11,9 @@ from mqbench.methods import StepContext
 from mqbench.methods.bias_correction import BiasCorrectionConfig, channel_mean, correct_biases
 from mqbench.methods.cle import CLE, CLEConfig, cross_layer_equalize, find_pairs
 from mqbench.models.builtin import quick_mobilenet_v1
+from mqbench.models.layers import ChannelClippedReLU
 from mqbench.models.mobilenet_v2 import MobileNetV2
-from mqbench.quant.calibration import calibrate_activations, calibrate_weights
-from mqbench.quant.estimators import MinMaxObserver
+from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import QuantSim
 from mqbench.schemes import parse_scheme
 
@@ -45,7 +45,7 @@ def test_cle_keeps_the_float_output_and_equalizes_ranges() -> None:
 
     def mismatch(g: torch.fx.GraphModule) -> float:
         worst = 0.0
-        for a, b in find_pairs(g):
+        for a, _, b in find_pairs(g):
             w1, w2 = g.get_submodule(a).weight.detach(), g.get_submodule(b).weight.detach()
             r1 = w1.abs().flatten(1).amax(1)
             dw = g.get_submodule(b).groups > 1
@@ -75,7 +75,7 @@ def test_cle_reduces_per_tensor_weight_error_and_records_relu6_replacement() -> 
     torch.manual_seed(0)
     model = MobileNetV2(10, width_mult=0.5).eval()
     ctx = StepContext()
-    gm = CLE().transform(model, CLEConfig(), ctx)
+    gm = CLE().transform(model, CLEConfig(relu6="relu"), ctx)
     assert ctx.notes["cle"]["relu6_replaced_by_relu"] == 35
     assert not any(isinstance(m, nn.ReLU6) for m in gm.modules())
 
@@ -84,8 +84,8 @@ def test_bias_correction_removes_the_mean_shift_on_calibration_data() -> None:
     model = _relu_mobilenet()
     calib = generate(0, "calib", 64)
     qsim = QuantSim.from_float(model, parse_scheme("w4a8-pt"))
-    calibrate_weights(qsim, MinMaxObserver)
-    calibrate_activations(qsim, calib, MinMaxObserver)
+    calibrate_weights(qsim, minmax_observer)
+    calibrate_activations(qsim, calib, minmax_observer)
     x = calib.normalize(calib.images)
 
     means: dict[str, dict[str, torch.Tensor]] = {"float": {}, "quant": {}}
@@ -114,3 +114,52 @@ def test_bias_correction_removes_the_mean_shift_on_calibration_data() -> None:
     after = shifts(("quant",))
     assert max(before.values()) > 0.05  # 4-bit per-tensor weights do shift the means
     assert max(after.values()) < 1e-4
+
+
+def test_cle_keeps_relu6_networks_exact_with_per_channel_clips() -> None:
+    torch.manual_seed(0)
+    model = quick_mobilenet_v1(10)  # ReLU6 throughout
+    g = torch.Generator().manual_seed(1)
+    for m in model.modules():  # uneven per-channel scales; many activations reach the clip at 6
+        if isinstance(m, nn.BatchNorm2d):
+            m.weight.data = torch.exp(torch.randn(m.num_features, generator=g) * 1.5)
+            m.running_var.data = torch.rand(m.num_features, generator=g) + 0.5
+            m.bias.data = torch.randn(m.num_features, generator=g) * 0.1
+    model.eval()
+    x = torch.randn(8, 3, 32, 32) * 3
+    ctx = StepContext()
+    gm = CLE().transform(model, CLEConfig(max_sweeps=100, tolerance=1e-10), ctx)
+    with torch.no_grad():
+        ref, out = model(x), gm(x)
+        clipped = sum(int((o >= 6).sum()) for o in _relu6_outputs(model, x))
+    assert clipped > 1000
+    assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
+    notes = ctx.notes["cle"]
+    assert notes["relu6_to_per_channel_clip"] == 17 and notes["relu6_replaced_by_relu"] == 0 and notes["pairs"] == 16
+    clips = [m for m in gm.modules() if isinstance(m, ChannelClippedReLU)]
+    assert len(clips) == 17 and any(float((c.upper - 6).abs().max()) > 1 for c in clips)  # bounds were rescaled
+    with torch.no_grad():  # the paper's ReLU replacement changes this network's function
+        assert not torch.allclose(CLE().transform(model, CLEConfig(relu6="relu"), StepContext())(x), ref, atol=1e-2)
+
+
+def _relu6_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    outs: list[torch.Tensor] = []
+    hooks = [m.register_forward_hook(lambda m, i, o: outs.append(o)) for m in model.modules() if isinstance(m, nn.ReLU6)]
+    model(x)
+    for h in hooks:
+        h.remove()
+    return outs
+
+
+def test_bias_only_training_lowers_the_output_error_and_touches_only_biases() -> None:
+    from mqbench.methods.bias_correction import train_biases
+    model = _relu_mobilenet()
+    calib = generate(0, "calib", 64)
+    qsim = QuantSim.from_float(model, parse_scheme("w4a8-pt"))
+    calibrate_weights(qsim, minmax_observer)
+    calibrate_activations(qsim, calib, minmax_observer)
+    weights = {n: qsim.model.get_submodule(n).weight.detach().clone() for n in qsim.weight_quantizers}
+    losses = train_biases(qsim, model, calib, BiasCorrectionConfig(estimator="training", epochs=3, lr=1e-1))
+    assert losses[2] < losses[1] < losses[0] and losses[-1] < 0.97 * losses[0]  # measured: 28.91, 27.23, 27.22
+    assert all(torch.equal(qsim.model.get_submodule(n).weight, w) for n, w in weights.items())
+    assert not any(p.requires_grad for p in qsim.parameters()) or all(p.requires_grad for p in model.parameters())

@@ -42,7 +42,7 @@ def test_formats_render_the_same_numbers_deterministically(tmp_path: Path) -> No
     records = [rec("fp32", "fp32", 0.9, "2026-01-01T00:00:01"), rec("minmax", "w8a8-pc", 0.8875, "2026-01-01T00:00:02")]
     loaded = LoadResult(records=records, problems=[(tmp_path / "junk.json", "not valid JSON")])
     md = leaderboard.render_markdown(loaded)
-    assert "| minmax | w8a8-pc | simulated | 88.75 [86.75, 90.75] | 99.00 | -1.25 | 1000 |  |" in md
+    assert "| minmax | w8a8-pc | simulated | 88.75 [86.75, 90.75] | 99.00 | -1.25 | best | 1000 |  |" in md
     assert "skipped junk.json: not valid JSON" in md and "Measured on: CPU X (2 threads), torch 2.13.0." in md
     assert md == leaderboard.render_markdown(loaded)
     rows = list(csv.DictReader(io.StringIO(leaderboard.render_csv(loaded))))
@@ -62,3 +62,29 @@ def test_leaderboard_from_a_store(tmp_path: Path) -> None:
     store = Store(tmp_path)
     store.append(rec("fp32", "fp32", 0.9, "2026-01-01T00:00:01.000001+00:00"))
     assert "| fp32 | fp32 | simulated | 90.00" in leaderboard.render_markdown(store.load())
+
+
+def _with_outcomes(r: dict, outcomes: list[bool], images: str = "fp-A") -> dict:
+    from mqbench.metrics.accuracy import pack_bits
+    n = len(outcomes)
+    top1 = sum(outcomes) / n
+    r["metrics"]["sim"]["accuracy"].update(n=n, top1={"value": top1, "ci95": [top1 - 0.01, top1 + 0.01]},
+                                           top1_outcomes=pack_bits(__import__("torch").tensor(outcomes)))
+    r["data"] = {"eval": {"fingerprint": images}}
+    return r
+
+
+def test_paired_significance_marks_rows() -> None:
+    base = [True] * 80 + [False] * 20
+    close = [True] * 79 + [False] * 21  # one image differs: not significant
+    far = [True] * 50 + [False] * 50  # 30 images lost: significant
+    records = [_with_outcomes(rec("fp32", "fp32", 0.8, "2026-01-01T00:00:01"), base),
+               _with_outcomes(rec("cle", "w8a8-pt", 0.79, "2026-01-01T00:00:02"), close),
+               _with_outcomes(rec("minmax", "w8a8-pt", 0.5, "2026-01-01T00:00:03"), far),
+               _with_outcomes(rec("other", "w8a8-pt", 0.5, "2026-01-01T00:00:04"), far, images="fp-B")]
+    rows = {r["pipeline"]: r for r in leaderboard.rows_from_records(records)}
+    assert rows["cle"]["p_vs_fp32"] == 1.0 and rows["cle"]["best_in_scheme"]
+    assert rows["minmax"]["p_vs_fp32"] < 1e-6 and rows["minmax"]["p_vs_best"] < 1e-6
+    assert rows["other"]["p_vs_fp32"] is None  # other images: no paired test
+    md = leaderboard.render_markdown(LoadResult(records))
+    assert "| -30.00* | < best (p=" in md and "| -1.00 | best |" in md and "McNemar" in md

@@ -8,8 +8,7 @@ from torch import nn
 
 from mqbench.data.synthetic import generate
 from mqbench.models.builtin import quick_cnn, quick_mobilenet_v1, quick_mobilenet_v2
-from mqbench.quant.calibration import calibrate_activations, calibrate_weights
-from mqbench.quant.estimators import MinMaxObserver
+from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.graph import fold_batchnorm, trace, weighted_layers
 from mqbench.quant.qsim import Placement, QuantSim
 from mqbench.schemes import parse_scheme
@@ -80,7 +79,7 @@ def test_weights_only_scheme_has_no_activation_quantizers() -> None:
 def test_calibrated_weights_lie_on_the_grid(scheme: str, levels: int) -> None:
     torch.manual_seed(0)
     qsim = QuantSim.from_float(_randomize_bn(quick_mobilenet_v1(10)), parse_scheme(scheme))
-    calibrate_weights(qsim, MinMaxObserver)
+    calibrate_weights(qsim, minmax_observer)
     for name, q in qsim.weight_quantizers.items():
         w = q(qsim.layer_weight(name)).detach()
         per = w.flatten(1) if q.per_channel else w.reshape(1, -1)
@@ -99,8 +98,8 @@ def test_calibrated_sim_is_close_to_float_at_16_bits_and_uncalibrated_sim_raises
     x = data.normalize(data.images[:8])
     with pytest.raises(RuntimeError, match="calibrate"):
         qsim(x)
-    calibrate_weights(qsim, MinMaxObserver)
-    calibrate_activations(qsim, data, MinMaxObserver)
+    calibrate_weights(qsim, minmax_observer)
+    calibrate_activations(qsim, data, minmax_observer)
     with torch.no_grad():
         ref, out = model(x), qsim(x)
         with qsim.float_mode():

@@ -39,12 +39,37 @@ def test_config_hash_is_stable_and_sensitive() -> None:
 
 
 @pytest.mark.parametrize(("pipeline", "message"), [
-    ("fp32+minmax", "does not quantize"), ("boom+minmax", "2 calibrate steps"), ("minmax+minmax", "twice"),
-    ("minmax+", "malformed"),
+    ("fp32+minmax", "does not quantize"), ("boom+minmax", "two calibrate steps for the activations"),
+    ("minmax+minmax", "twice"), ("minmax+", "malformed"), ("bias_correction", "refine step 'bias_correction' without a "
+                                                                            "calibrate step"),
+    ("cle", "no calibrate step"), ("mse+minmax(targets=weights)", "two calibrate steps for the weights"),
+    ("minmax(targets=activations)", "no calibrate step sets the weight ranges"),
+    ("percentile(percentile=20)", "percentile must be in"), ("mse(bogus=1)", "has no parameter 'bogus'"),
+    ("mse(candidates)", "write key=value"), ("mse(", "malformed"),
 ])
 def test_impossible_pipelines_are_rejected(plugins: Plugins, pipeline: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
         runner.parse_pipeline(pipeline, plugins)
+
+
+def test_step_parameters_parse_and_canonicalise(plugins: Plugins) -> None:
+    steps = runner.parse_pipeline("cle + percentile( percentile=99.9 ,targets=all)+bias_correction", plugins)
+    assert runner.pipeline_name(steps) == "cle+percentile(percentile=99.9)+bias_correction"
+    assert steps[1].config.percentile == 99.9  # type: ignore[attr-defined]
+    split = runner.parse_pipeline("mse(targets=activations)+minmax(targets=weights)", plugins)
+    assert runner.pipeline_name(split) == "mse(targets=activations)+minmax(targets=weights)"
+    cells = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["percentile(percentile=99.9)"],
+                          schemes=["w8a8"])
+    config = runner.cell_config(cells[0], plugins)
+    assert config["steps"][0]["config"]["percentile"] == 99.9
+    default = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["percentile"], schemes=["w8a8"])
+    assert runner.config_hash(config) != runner.config_hash(runner.cell_config(default[0], plugins))
+
+
+def test_scheme_conflicts_fail_before_any_work(plugins: Plugins) -> None:
+    with pytest.raises(UsageError, match="does not calibrate activations, which scheme w8a8-pt quantizes"):
+        runner.expand(plugins, QUICK, pipelines=["minmax(targets=weights)"], schemes=["w8a8"])
+    assert runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax(targets=weights)"], schemes=["w4"])
 
 
 def test_unknown_names_fail_before_any_work(plugins: Plugins) -> None:

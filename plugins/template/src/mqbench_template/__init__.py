@@ -15,8 +15,8 @@ from mqbench import hookimpl
 from mqbench.data import Split
 from mqbench.methods import Method, MethodConfig, StepContext
 from mqbench.models import ModelSpec, TrainConfig, TrainedWeights
-from mqbench.quant.calibration import calibrate_activations, calibrate_weights
-from mqbench.quant.estimators import MinMaxObserver, Observer
+from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
+from mqbench.quant.estimators import Observer
 from mqbench.quant.qsim import QuantSim
 from mqbench.registry import Registry
 
@@ -77,8 +77,8 @@ class MeanStd(Method):
 
     def calibrate(self, qsim: QuantSim, calib: Split, config: MethodConfig, ctx: StepContext) -> None:
         assert isinstance(config, MeanStdConfig)
-        calibrate_weights(qsim, MinMaxObserver)
-        calibrate_activations(qsim, calib, lambda: MeanStdObserver(config.k), ctx.batch_size, ctx.reporter)
+        calibrate_weights(qsim, minmax_observer)
+        calibrate_activations(qsim, calib, lambda q: MeanStdObserver(config.k), ctx.batch_size, ctx.reporter)
 
 
 @hookimpl
