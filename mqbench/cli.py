@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from mqbench import __version__
@@ -65,10 +66,11 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
         for item in items:
             extra = ""
             if kind == "methods":
-                extra = f" [{item['stage']}]"
+                params = ", ".join(f"{k}={v}" for k, v in item["config"].items() if k != "version")
+                extra = f" [{item['stage']}]" + (f" parameters: {params}" if params else "")
             elif kind == "models":
                 extra = f" (weights: {', '.join(item['weights'])})"
-            table.add_row(item["name"], item["description"] + extra, item["plugin"])
+            table.add_row(item["name"], escape(item["description"] + extra), item["plugin"])
         out.print(table)
     return 0
 
