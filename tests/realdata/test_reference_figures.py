@@ -73,4 +73,4 @@ def test_bias_correction_and_equalization_repair_per_tensor_mobilenet_v2(env: di
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _rows(tmp_path, env)
     assert rows[("mobilenet_v2:tf2ptq", "minmax+bias_correction", "w8a8-pt")]["top1"] > 0.55
-    assert rows[("mobilenet_v2:tf2ptq", "cle+mse+bias_correction", "w8a8-pt")]["top1"] > 0.74
+    assert rows[("mobilenet_v2:tf2ptq", "cle+mse+bias_correction", "w8a8-pt")]["top1"] > 0.72
