@@ -26,7 +26,7 @@ from mqbench.progress import SILENT, Reporter
 
 if TYPE_CHECKING:
     from mqbench.data import Split
-    from mqbench.quant.estimators import Observer
+    from mqbench.quant.estimators import Estimate, Observer
     from mqbench.quant.qsim import Quantizer, QuantSim
     from mqbench.schemes import QuantScheme
 
@@ -128,17 +128,27 @@ class RangeConfig(MethodConfig):
 
 
 class RangeEstimator(Method):
-    """Base of calibrate steps that choose ranges with observers: subclasses give the observers;
-    ``config.targets`` says whether weights, activations or both are calibrated here."""
+    """Base of calibrate steps that choose ranges with observers; ``config.targets`` says whether weights,
+    activations or both are calibrated here.
+
+    A clipping estimator implements :meth:`estimate` (a range from a weighted sample, see
+    ``quant.estimators``): weights are then observed exactly, activations through a streaming histogram
+    of ``config.bins`` bins. Estimators that need other statistics override the two observer methods.
+    """
 
     stage: Stage = "calibrate"
     config_type: type[MethodConfig] = RangeConfig
 
+    def estimate(self, quantizer: Quantizer, config: MethodConfig) -> Estimate:
+        raise NotImplementedError(f"method {self.name} has no estimate()")
+
     def weight_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
-        raise NotImplementedError
+        from mqbench.quant.estimators import SampleObserver
+        return SampleObserver(self.estimate(quantizer, config), quantizer.axis)
 
     def activation_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
-        raise NotImplementedError
+        from mqbench.quant.estimators import HistogramObserver
+        return HistogramObserver(self.estimate(quantizer, config), getattr(config, "bins", 2048))
 
     def calibrates(self, config: MethodConfig) -> frozenset[str]:
         assert isinstance(config, RangeConfig)

@@ -17,7 +17,7 @@ import torch
 
 from mqbench import hookimpl
 from mqbench.methods import Method, MethodConfig, RangeConfig, RangeEstimator
-from mqbench.quant.estimators import HistogramObserver, Observer, Range, SampleObserver, entropy_range
+from mqbench.quant.estimators import Estimate, Range, entropy_range
 from mqbench.quant.qsim import Quantizer
 from mqbench.registry import Registry
 
@@ -38,19 +38,12 @@ class Entropy(RangeEstimator):
     description = "ranges minimising the KL divergence of quantized vs float histograms (TensorRT)"
     config_type = EntropyConfig
 
-    def weight_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
+    def estimate(self, quantizer: Quantizer, config: MethodConfig) -> Estimate:
         assert isinstance(config, EntropyConfig)
 
         def estimate(values: torch.Tensor, counts: torch.Tensor) -> Range:
             return entropy_range(values, counts, quantizer.grid, config.bins, config.candidates)
-        return SampleObserver(estimate, quantizer.axis)
-
-    def activation_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
-        assert isinstance(config, EntropyConfig)
-
-        def estimate(values: torch.Tensor, counts: torch.Tensor) -> Range:
-            return entropy_range(values, counts, quantizer.grid, config.bins, config.candidates)
-        return HistogramObserver(estimate, config.bins)
+        return estimate
 
 
 @hookimpl

@@ -18,7 +18,7 @@ import torch
 
 from mqbench import hookimpl
 from mqbench.methods import Method, MethodConfig, RangeConfig, RangeEstimator
-from mqbench.quant.estimators import HistogramObserver, Observer, Range, SampleObserver, mse_range
+from mqbench.quant.estimators import Estimate, Range, mse_range
 from mqbench.quant.qsim import Quantizer
 from mqbench.registry import Registry
 
@@ -39,19 +39,12 @@ class MSE(RangeEstimator):
     description = "ranges with the least squared quantization error (weights and activations)"
     config_type = MSEConfig
 
-    def weight_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
+    def estimate(self, quantizer: Quantizer, config: MethodConfig) -> Estimate:
         assert isinstance(config, MSEConfig)
 
         def estimate(values: torch.Tensor, counts: torch.Tensor) -> Range:
             return mse_range(values, counts, quantizer.grid, config.candidates)
-        return SampleObserver(estimate, quantizer.axis)
-
-    def activation_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
-        assert isinstance(config, MSEConfig)
-
-        def estimate(values: torch.Tensor, counts: torch.Tensor) -> Range:
-            return mse_range(values, counts, quantizer.grid, config.candidates)
-        return HistogramObserver(estimate, config.bins)
+        return estimate
 
 
 @hookimpl

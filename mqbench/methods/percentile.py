@@ -16,7 +16,7 @@ import torch
 
 from mqbench import hookimpl
 from mqbench.methods import Method, MethodConfig, RangeConfig, RangeEstimator
-from mqbench.quant.estimators import HistogramObserver, Observer, Range, SampleObserver, percentile_range
+from mqbench.quant.estimators import Estimate, Range, percentile_range
 from mqbench.quant.qsim import Quantizer
 from mqbench.registry import Registry
 
@@ -37,19 +37,12 @@ class Percentile(RangeEstimator):
     description = "ranges clipped at a percentile (default 99.99) of weights and activations"
     config_type = PercentileConfig
 
-    def weight_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
+    def estimate(self, quantizer: Quantizer, config: MethodConfig) -> Estimate:
         assert isinstance(config, PercentileConfig)
 
         def estimate(values: torch.Tensor, counts: torch.Tensor) -> Range:
             return percentile_range(values, counts, config.percentile)
-        return SampleObserver(estimate, quantizer.axis)
-
-    def activation_observer(self, quantizer: Quantizer, config: MethodConfig) -> Observer:
-        assert isinstance(config, PercentileConfig)
-
-        def estimate(values: torch.Tensor, counts: torch.Tensor) -> Range:
-            return percentile_range(values, counts, config.percentile)
-        return HistogramObserver(estimate, config.bins)
+        return estimate
 
 
 @hookimpl
