@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -38,6 +39,13 @@ def mqbench(*args: str, env: dict[str, str], cwd: Path | None = None, timeout: f
                           text=True, timeout=timeout)
 
 
+def _default_sigint() -> None:
+    # A shell without job control starts background jobs with SIGINT ignored, and the child would inherit
+    # that (Python then installs no KeyboardInterrupt handler): give it the default, as a terminal would.
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def popen_mqbench(*args: str, env: dict[str, str], cwd: Path | None = None) -> subprocess.Popen[str]:
+    """A running ``mqbench`` that reacts to SIGINT however the test run itself was started."""
     return subprocess.Popen([sys.executable, "-m", "mqbench", *args], env=env, cwd=cwd, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+                            stderr=subprocess.PIPE, text=True, preexec_fn=_default_sigint)
