@@ -175,6 +175,8 @@ class QuantSim(nn.Module):
         self.placement = placement
         self.weight_quantizers = weight_quantizers
         self.act_quantizers = act_quantizers
+        # Original float weights of layers whose deployed weight a method replaced (set_deployed_weight).
+        self.float_weights: dict[str, torch.Tensor] = {}
 
     @classmethod
     def from_float(cls, model: nn.Module, scheme: QuantScheme, placement: Placement | None = None) -> QuantSim:
@@ -210,6 +212,38 @@ class QuantSim(nn.Module):
         assert isinstance(weight, torch.Tensor)
         return weight
 
+    def set_deployed_weight(self, name: str, weight: torch.Tensor) -> None:
+        """Replace layer ``name``'s weight by ``weight`` (for example on-grid values from learned rounding),
+        keeping the original float weight for :meth:`float_mode`, so later steps still compare with the
+        float model."""
+        layer_weight = self.layer_weight(name)
+        if weight.shape != layer_weight.shape:
+            raise ValueError(f"layer {name}: weight of shape {tuple(weight.shape)} for {tuple(layer_weight.shape)}")
+        if name not in self.float_weights:
+            self.float_weights[name] = layer_weight.detach().clone()
+        layer_weight.data.copy_(weight)
+
+    def fused_activation(self, name: str) -> Callable[[torch.Tensor], torch.Tensor] | None:
+        """The activation fused into layer ``name`` (its sole consumer: ReLU, ReLU6, a clip), as a function
+        of the layer's output with channels on axis 1; None when the layer's output is used as it is."""
+        modules = dict(self.model.named_modules())
+        for node in self.model.graph.nodes:
+            if node.op == "call_module" and node.target == name:
+                users = list(node.users)
+                if len(users) != 1 or not _is_activation(users[0], modules):
+                    return None
+                act = users[0]
+                rest, kwargs = act.args[1:], act.kwargs
+                if act.op == "call_module":
+                    return modules[str(act.target)]
+                if act.op == "call_method":
+                    method = str(act.target)
+                    return lambda t: getattr(t, method)(*rest, **kwargs)
+                fn = act.target
+                assert callable(fn)
+                return lambda t: fn(t, *rest, **kwargs)
+        raise KeyError(f"no layer {name!r} in the quantized model")
+
     def quantizers(self) -> Iterator[Quantizer]:
         yield from self.weight_quantizers.values()
         yield from self.act_quantizers.values()
@@ -222,14 +256,19 @@ class QuantSim(nn.Module):
 
     @contextmanager
     def float_mode(self) -> Iterator[None]:
-        """Temporarily turn every quantizer off (the float model, BN folded)."""
+        """Temporarily the float model (BN folded): every quantizer off, original float weights back."""
         saved = {id(q): q.mode for q in self.quantizers()}
+        deployed = {name: self.layer_weight(name).detach().clone() for name in self.float_weights}
         self.set_mode("off")
+        for name, weight in self.float_weights.items():
+            self.layer_weight(name).data.copy_(weight)
         try:
             yield
         finally:
             for q in self.quantizers():
                 q.mode = saved[id(q)]
+            for name, weight in deployed.items():
+                self.layer_weight(name).data.copy_(weight)
 
     def export_qparams(self) -> dict[str, Any]:
         return {"scheme": self.scheme.name,

@@ -46,6 +46,7 @@ def test_config_hash_is_stable_and_sensitive() -> None:
     ("minmax(targets=activations)", "no calibrate step sets the weight ranges"),
     ("percentile(percentile=20)", "percentile must be in"), ("mse(bogus=1)", "has no parameter 'bogus'"),
     ("mse(candidates)", "write key=value"), ("mse(", "malformed"),
+    ("msqe(targets=all)", "msqe calibrates weights only"), ("adaround", "without a calibrate step"),
 ])
 def test_impossible_pipelines_are_rejected(plugins: Plugins, pipeline: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
@@ -70,6 +71,16 @@ def test_scheme_conflicts_fail_before_any_work(plugins: Plugins) -> None:
     with pytest.raises(UsageError, match="does not calibrate activations, which scheme w8a8-pt quantizes"):
         runner.expand(plugins, QUICK, pipelines=["minmax(targets=weights)"], schemes=["w8a8"])
     assert runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax(targets=weights)"], schemes=["w4"])
+    # Power-of-two scales to a method without them, and the reverse; asymmetric weights to hardware-friendly ones.
+    for pipeline, scheme, message in (("minmax+lsq", "w4-pow2", "lsq learns real-valued scales"),
+                                      ("minmax+tqt", "w4-pc", "tqt learns power-of-two scales"),
+                                      ("msqe", "w4-asym", "msqe chooses symmetric"),
+                                      ("msqe", "w4a8", "does not calibrate activations")):
+        with pytest.raises(UsageError, match=message):
+            runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=[pipeline], schemes=[scheme])
+    assert runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["msqe+tqt"], schemes=["w4-pow2"])
+    assert runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["msqe+mse(targets=activations)+lsq"],
+                         schemes=["w4a8-pc"])
 
 
 def test_unknown_names_fail_before_any_work(plugins: Plugins) -> None:

@@ -1,0 +1,169 @@
+"""``lsq`` and ``tqt``: weight scales learned by gradient descent, the gradient-based class of
+hardware-friendly weight quantizers compared with MSQE by Bae, Zielinski & Chatterjee 2022 (arXiv
+2210.03671), here as post-training refine steps with a layer-wise reconstruction loss.
+
+Both start from the scales of the calibrate step (``msqe``, ``mse``, ``minmax``) and, layer by layer
+in network order, minimise ``|| f(W x) - f(Q_s(W) x~) ||^2`` on calibration data (the reconstruction
+data of ``mqbench.quant.reconstruction``: float targets, inputs from the quantized network with the
+earlier layers already fitted), with the straight-through estimator for rounding:
+
+* ``lsq`` (Esser et al. 2020, "Learned Step Size Quantization", Section 2): the real-valued step
+  ``s``; ``Q_s(W) = round(clamp(W / s, qmin, qmax)) * s`` whose gradient in ``s`` is LSQ's
+  (``-W/s + round(W/s)`` inside the range, ``qmin``/``qmax`` outside), scaled by LSQ's
+  ``g = 1 / sqrt(N * qmax)`` (``N`` weights per scale). Adam normalises a constant gradient scale
+  away (up to its epsilon), so ``g`` is kept for fidelity, not because it changes Adam's steps; the
+  learning rate is relative (the step is learned as ``s0 * r``, Adam on ``r``), so one setting serves
+  layers whose scales differ by orders of magnitude. Real-valued scales: a ``-pow2`` scheme is refused.
+* ``tqt`` (Jain et al. 2020, "Trained Quantization Thresholds", Section 3): the log2 threshold
+  ``l``; ``s = 2 ** ceil(l) / 2 ** (b - 1)``, a power of two, with the straight-through estimator for
+  ``ceil`` as well, learned in the log domain (Adam). Power-of-two scales only: a scheme without
+  ``-pow2`` is refused.
+
+Both need symmetric weights (hardware-friendly; ``-asym`` is refused).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from mqbench import hookimpl
+from mqbench.data import Split
+from mqbench.methods import Method, MethodConfig, StepContext
+from mqbench.quant.qsim import QuantSim
+from mqbench.quant.reconstruction import LayerData, channel_view, layer_data
+from mqbench.registry import Registry
+from mqbench.schemes import QuantScheme
+
+
+@dataclass(frozen=True)
+class LearnedScaleConfig(MethodConfig):
+    iterations: int = 300  # Adam steps per layer
+    batch_rows: int = 1024  # sampled output positions per step
+    images: int = 256  # calibration images whose activations are reconstructed
+    positions: int = 32  # output positions sampled per image and layer
+    lr: float = 1e-2  # Adam: relative step change (lsq) or log2 units (tqt)
+
+    def __post_init__(self) -> None:
+        if min(self.iterations, self.batch_rows, self.images, self.positions) < 1:
+            raise ValueError("iterations, batch_rows, images and positions must be >= 1")
+        if self.lr <= 0:
+            raise ValueError("lr must be > 0")
+
+
+def ste_round(x: torch.Tensor) -> torch.Tensor:
+    """``round(x)`` forward, identity gradient."""
+    return x + (torch.round(x) - x).detach()
+
+
+def ste_ceil(x: torch.Tensor) -> torch.Tensor:
+    """``ceil(x)`` forward, identity gradient."""
+    return x + (torch.ceil(x) - x).detach()
+
+
+def lsq_quantize(weight: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int, grad_scale: float) -> torch.Tensor:
+    """LSQ's fake quantizer: ``round(clamp(W / s, qmin, qmax)) * s``, the gradient in ``s`` scaled by ``grad_scale``."""
+    s = scale * grad_scale + (scale - scale * grad_scale).detach()
+    return ste_round(torch.clamp(weight / s, qmin, qmax)) * s
+
+
+def tqt_scale(log2_threshold: torch.Tensor, bits: int) -> torch.Tensor:
+    """TQT's power-of-two scale ``2 ** ceil(l) / 2 ** (bits - 1)`` (straight-through ``ceil``)."""
+    return torch.exp2(ste_ceil(log2_threshold) - (bits - 1))
+
+
+def learn_scale(data: LayerData, method: str, config: LearnedScaleConfig,
+                generator: torch.Generator) -> tuple[torch.Tensor, dict[str, float]]:
+    """Learn one layer's weight scale (``lsq`` or ``tqt``); returns the scale shaped like the quantizer's."""
+    quantizer = data.quantizer
+    if quantizer.scale is None:
+        raise RuntimeError(f"quantizer {quantizer.name} has no qparams: {method} needs a calibrate step before it")
+    shape = (data.weight.shape[0], data.weight.shape[1])
+    s0 = channel_view(quantizer.scale, shape).clone()
+    qmin, qmax, bits = quantizer.qmin, quantizer.qmax, quantizer.bits
+    per_scale = data.weight.numel() // max(1, quantizer.scale.numel())
+    grad_scale = 1.0 / math.sqrt(per_scale * qmax)
+    if method == "lsq":
+        param = nn.Parameter(torch.ones_like(s0))
+
+        def scale_of(p: torch.Tensor) -> torch.Tensor:
+            return s0 * p
+    else:
+        param = nn.Parameter(torch.log2(s0) + (bits - 1))
+
+        def scale_of(p: torch.Tensor) -> torch.Tensor:
+            return tqt_scale(p, bits)
+
+    def quantized(p: torch.Tensor) -> torch.Tensor:
+        return lsq_quantize(data.weight, scale_of(p), qmin, qmax, grad_scale if method == "lsq" else 1.0)
+
+    with torch.no_grad():
+        initial = float(data.loss(quantized(param)))
+    optimizer = torch.optim.Adam([param], lr=config.lr)
+    rows_per_step = min(config.batch_rows, data.x_rows.shape[0])
+    best, best_loss = param.detach().clone(), initial
+    for _ in range(config.iterations):
+        rows = torch.randint(data.x_rows.shape[0], (rows_per_step,), generator=generator)
+        loss = data.loss(quantized(param), rows)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    with torch.no_grad():
+        final = float(data.loss(quantized(param)))
+        if final < best_loss:  # the full-data loss decides: a learned scale never makes the layer worse
+            best, best_loss = param.detach().clone(), final
+        scale = scale_of(best).reshape(quantizer.scale.shape)
+    return scale, {"loss_initial": initial, "loss_learned": best_loss,
+                   "scale_change": float((scale / quantizer.scale).log2().abs().max())}
+
+
+class _LearnedScale(Method):
+    stage = "refine"
+    config_type = LearnedScaleConfig
+
+    def check_scheme(self, scheme: QuantScheme, config: MethodConfig) -> str | None:
+        if not scheme.weight_symmetric:
+            return f"{self.name} learns symmetric (hardware-friendly) weight scales; drop -asym from the scheme"
+        if self.name == "lsq" and scheme.power_of_two:
+            return "lsq learns real-valued scales, not power-of-two ones; use tqt for -pow2 schemes"
+        if self.name == "tqt" and not scheme.power_of_two:
+            return "tqt learns power-of-two scales (log2 thresholds); use a -pow2 scheme, or lsq"
+        return None
+
+    def refine(self, qsim: QuantSim, float_model: nn.Module, calib: Split, config: MethodConfig,
+               ctx: StepContext) -> None:
+        assert isinstance(config, LearnedScaleConfig)
+        generator = torch.Generator().manual_seed(ctx.seed)
+        stats: dict[str, dict[str, float]] = {}
+        for data in layer_data(qsim, calib, images=config.images, positions=config.positions, seed=ctx.seed,
+                               batch_size=min(ctx.batch_size, 32), reporter=ctx.reporter,
+                               description=f"{self.name} (layers)"):
+            scale, stats[data.name] = learn_scale(data, self.name, config, generator)
+            data.quantizer.set_qparams(scale, torch.zeros_like(scale, dtype=torch.int64))
+        ctx.notes[self.name] = _summary(stats)
+
+
+def _summary(stats: dict[str, dict[str, float]]) -> dict[str, Any]:
+    ratios = [s["loss_learned"] / max(s["loss_initial"], 1e-12) for s in stats.values()]
+    return {"layers": {name: {k: round(v, 6) for k, v in s.items()} for name, s in stats.items()},
+            "mean_loss_ratio": round(sum(ratios) / max(1, len(ratios)), 4)}
+
+
+class LSQ(_LearnedScale):
+    name = "lsq"
+    description = "real-valued weight scales learned by gradient (LSQ, Esser et al. 2020), layer-wise reconstruction"
+
+
+class TQT(_LearnedScale):
+    name = "tqt"
+    description = "power-of-two weight scales learned as log2 thresholds (TQT, Jain et al. 2020), layer-wise"
+
+
+@hookimpl
+def mqbench_register_methods(register: Registry[Method]) -> None:
+    register(LSQ())
+    register(TQT())
