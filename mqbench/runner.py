@@ -333,11 +333,11 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             record["status"], record["skip_reason"] = "skipped", f"backend {backend.name} cannot run {scheme.name}: {reason}"
             return record
         torch.manual_seed(cell.seed)
-        ctx = StepContext(seed=cell.seed, batch_size=ws.batch_size, reporter=ws.reporter)
         preprocess = plugins.models.get(cell.model).get_weights(cell.weights).preprocess
         with timer("load_data"):
             calib = ws.split(cell.dataset, "calib", cell.calib_size, preprocess)
             evalset = ws.split(cell.dataset, "test", cell.eval_limit, preprocess)
+        ctx = StepContext(seed=cell.seed, batch_size=ws.batch_size, reporter=ws.reporter, calib=calib)
         record["data"] = {"dataset": cell.dataset, "preprocess": preprocess,
                           "calib": {"split": "calib", "size": len(calib), "fingerprint": calib.fingerprint()},
                           "eval": {"split": "test", "size": len(evalset), "fingerprint": evalset.fingerprint()}}

@@ -66,6 +66,7 @@ class StepContext:
     batch_size: int = 256
     reporter: Reporter = SILENT
     notes: dict[str, Any] = field(default_factory=dict)  # what a step did, stored in the record
+    calib: Split | None = None  # the calibration images, for transform steps that measure the float model
 
 
 class Method:

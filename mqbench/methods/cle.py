@@ -20,9 +20,15 @@ with its channel (``u_i = 6 / s_i``), since ``relu6(x) / s = min(relu(x / s), 6 
 costs the float model 5 points (0.790 -> 0.739 top-1 on val-1300), so it is not the default. What was
 replaced is recorded in the cell's record (``method_notes``). BatchNorm is folded first.
 
-High-bias absorption (Section 4.1.2) needs each channel's pre-activation distribution; the paper
-reads it from BatchNorm statistics, which these BN-folded checkpoints no longer carry, so it is
-not applied here (said in the record).
+High-bias absorption (Section 4.1.2, ``absorb=True``, the default): equalization can leave channels
+with large biases, which widen activation ranges. If a channel's pre-activation ``x_i`` never falls
+below ``c_i >= 0``, then ``relu(x_i) = relu(x_i - c_i) + c_i``, so ``c_i`` is subtracted from layer 1's
+bias (and from a clip's bound) and ``W2 c`` added to layer 2's bias. The paper estimates ``c_i =
+max(0, beta_i - 3 gamma_i)`` from BatchNorm; the shared checkpoints have BN folded (identity BN), so
+``c_i`` is measured instead: the smallest pre-activation of channel ``i`` over ``max_images`` calibration
+images (the transform reads them from the step context). The change is exact wherever that bound
+holds; it is applied only where layer 2 has no padding (padded borders would see ``W2 c`` too), which on
+MobileNets means depthwise -> pointwise pairs.
 """
 
 from __future__ import annotations
@@ -35,21 +41,25 @@ from torch import fx, nn
 
 from mqbench import hookimpl
 from mqbench.methods import Method, MethodConfig, StepContext
-from mqbench.models.layers import ChannelClippedReLU
+from mqbench.models.layers import ChannelClippedReLU, Conv2dSame
 from mqbench.quant.graph import fold_batchnorm, trace
 from mqbench.registry import Registry
 
 
 @dataclass(frozen=True)
 class CLEConfig(MethodConfig):
-    version: ClassVar[int] = 3  # 2: dead channels are rescaled too; 3: relu6 handling
+    version: ClassVar[int] = 4  # 2: dead channels are rescaled too; 3: relu6 handling; 4: high-bias absorption
     max_sweeps: int = 20  # sweeps over all pairs; the paper iterates until convergence
     tolerance: float = 1e-8  # stop when no scale differs from 1 by more than this
     relu6: str = "clip"  # "clip": exact per-channel clipped ReLU; "relu": replace by ReLU (the paper)
+    absorb: bool = True  # high-bias absorption (needs calibration images)
+    max_images: int = 256  # calibration images measuring the pre-activation minima for absorption
 
     def __post_init__(self) -> None:
         if self.relu6 not in ("clip", "relu"):
             raise ValueError(f"relu6 must be 'clip' or 'relu', got {self.relu6!r}")
+        if self.max_images < 1:
+            raise ValueError("max_images must be >= 1")
 
 
 def _is_scalable_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
@@ -162,8 +172,62 @@ def clip_relu6(gm: fx.GraphModule) -> int:
     return count
 
 
-def cross_layer_equalize(model: nn.Module, config: CLEConfig = CLEConfig()) -> tuple[fx.GraphModule, dict[str, object]]:
-    """BN-folded, ReLU6->ReLU, equalized copy of ``model`` and what was done."""
+def absorb_high_biases(gm: fx.GraphModule, pairs: list[Pair], images: torch.Tensor, batch_size: int = 64) -> dict[str, object]:
+    """High-bias absorption on measured pre-activation minima (see the module docstring), in place."""
+    modules = dict(gm.named_modules())
+    nodes = {str(n.target): n for n in gm.graph.nodes if n.op == "call_module"}
+    usable: list[Pair] = []
+    for a, act, b in pairs:
+        second = modules[b]
+        assert isinstance(second, nn.Conv2d)
+        user = next(iter(nodes[a].users))
+        if not _is_scalable_activation(user, modules) or isinstance(second, Conv2dSame):
+            continue
+        if any(p != 0 for p in second.padding) or second.padding_mode != "zeros":
+            continue
+        usable.append((a, act, b))
+    minima: dict[str, torch.Tensor] = {}
+
+    def record(name: str, out: torch.Tensor) -> None:
+        low = out.transpose(0, 1).flatten(1).amin(1)
+        minima[name] = torch.minimum(minima[name], low) if name in minima else low
+
+    handles = [modules[a].register_forward_hook(lambda m, i, o, a=a: record(a, o)) for a, _, _ in usable]
+    try:
+        with torch.no_grad():
+            for start in range(0, len(images), batch_size):
+                gm(images[start:start + batch_size])
+    finally:
+        for h in handles:
+            h.remove()
+    absorbed, total = 0, 0.0
+    for a, act, b in usable:
+        first, second = modules[a], modules[b]
+        assert isinstance(first, nn.Conv2d) and isinstance(second, nn.Conv2d)
+        c = minima[a].clamp_min(0)
+        clip = modules[act] if act else None
+        if isinstance(clip, ChannelClippedReLU):
+            c = torch.minimum(c, clip.upper)  # a channel always at its clip stays exact with c = bound
+            clip.upper = clip.upper - c
+        if first.bias is None:
+            first.bias = nn.Parameter(torch.zeros(first.out_channels))
+        first.bias.data -= c
+        w2 = second.weight.data
+        shift = w2.sum((1, 2, 3)) * c if second.groups > 1 else w2.sum((2, 3)) @ c
+        if second.bias is None:
+            second.bias = nn.Parameter(torch.zeros(second.out_channels))
+        second.bias.data += shift
+        absorbed += int((c > 0).sum())
+        total += float(c.sum())
+    return {"high_bias_absorption": {"pairs": len(usable), "channels": absorbed,
+                                     "mean_absorbed": round(total / max(1, absorbed), 6),
+                                     "images": len(images)}}
+
+
+def cross_layer_equalize(model: nn.Module, config: CLEConfig = CLEConfig(),
+                         images: torch.Tensor | None = None) -> tuple[fx.GraphModule, dict[str, object]]:
+    """BN-folded, equalized copy of ``model`` and what was done; ``images`` (normalised calibration
+    inputs) are needed when ``config.absorb``."""
     gm = fold_batchnorm(trace(model))
     if config.relu6 == "relu":
         done = {"relu6_replaced_by_relu": replace_relu6(gm)}
@@ -181,8 +245,15 @@ def cross_layer_equalize(model: nn.Module, config: CLEConfig = CLEConfig()) -> t
             change = max(change, equalize_pair(first, second, clip))
         if change <= config.tolerance:
             break
-    return gm, {**done, "pairs": len(pairs), "sweeps": sweeps,
-                "high_bias_absorption": "not applied (needs BN statistics; checkpoints are BN-folded)"}
+    notes: dict[str, object] = {**done, "pairs": len(pairs), "sweeps": sweeps}
+    if config.absorb:
+        if images is None:
+            raise ValueError("cle's high-bias absorption measures pre-activations on calibration images, and none "
+                             "were given; pass absorb=false for data-free equalization")
+        notes.update(absorb_high_biases(gm, pairs, images))
+    else:
+        notes["high_bias_absorption"] = "off (absorb=false)"
+    return gm, notes
 
 
 class CLE(Method):
@@ -193,7 +264,13 @@ class CLE(Method):
 
     def transform(self, model: nn.Module, config: MethodConfig, ctx: StepContext) -> nn.Module:
         assert isinstance(config, CLEConfig)
-        gm, notes = cross_layer_equalize(model, config)
+        images = None
+        if config.absorb:
+            if ctx.calib is None:
+                raise ValueError("cle's high-bias absorption needs calibration images in the step context; "
+                                 "pass absorb=false for data-free equalization")
+            images = ctx.calib.normalize(ctx.calib.images[: config.max_images])
+        gm, notes = cross_layer_equalize(model, config, images)
         ctx.notes[self.name] = notes
         return gm
 

@@ -3,6 +3,7 @@ per-channel mean shift on its calibration data."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -38,7 +39,7 @@ def _relu_mobilenet() -> nn.Module:
 def test_cle_keeps_the_float_output_and_equalizes_ranges() -> None:
     model = _relu_mobilenet()
     x = torch.randn(8, 3, 32, 32)
-    gm, notes = cross_layer_equalize(model, CLEConfig(max_sweeps=100, tolerance=1e-10))
+    gm, notes = cross_layer_equalize(model, CLEConfig(max_sweeps=100, tolerance=1e-10, absorb=False))
     with torch.no_grad():
         ref, out = model(x), gm(x)
     assert torch.allclose(out, ref, atol=1e-4, rtol=1e-4)
@@ -54,7 +55,7 @@ def test_cle_keeps_the_float_output_and_equalizes_ranges() -> None:
             worst = max(worst, float(((r1 - r2).abs() / torch.maximum(r1, r2)).max()))
         return worst
 
-    before, _ = cross_layer_equalize(model, CLEConfig(max_sweeps=0))
+    before, _ = cross_layer_equalize(model, CLEConfig(max_sweeps=0, absorb=False))
     # Chains (pw -> dw -> pw -> ...) converge geometrically: ranges agree to 1% after the sweeps.
     assert mismatch(before) > 0.5 and mismatch(gm) < 0.01
 
@@ -65,7 +66,7 @@ def test_cle_rescales_the_consumer_of_a_dead_channel_exactly() -> None:
     stem.weight.data[3] = 0.0  # a dead stem channel: its output is the constant ReLU(bias)
     dw.weight.data[3] *= 50.0
     x = torch.randn(4, 3, 32, 32)
-    gm, _ = cross_layer_equalize(model, CLEConfig(max_sweeps=50))
+    gm, _ = cross_layer_equalize(model, CLEConfig(max_sweeps=50, absorb=False))
     with torch.no_grad():
         assert torch.allclose(gm(x), model(x), atol=1e-4, rtol=1e-4)
     ranges = gm.get_submodule("features.1.0").weight.detach().abs().flatten(1).amax(1)
@@ -76,7 +77,7 @@ def test_cle_reduces_per_tensor_weight_error_and_records_relu6_replacement() -> 
     torch.manual_seed(0)
     model = MobileNetV2(10, width_mult=0.5).eval()
     ctx = StepContext()
-    gm = CLE().transform(model, CLEConfig(relu6="relu"), ctx)
+    gm = CLE().transform(model, CLEConfig(relu6="relu", absorb=False), ctx)
     assert ctx.notes["cle"]["relu6_replaced_by_relu"] == 35
     assert not any(isinstance(m, nn.ReLU6) for m in gm.modules())
 
@@ -135,7 +136,7 @@ def test_cle_keeps_relu6_networks_exact_with_per_channel_clips() -> None:
     model.eval()
     x = torch.randn(8, 3, 32, 32) * 3
     ctx = StepContext()
-    gm = CLE().transform(model, CLEConfig(max_sweeps=100, tolerance=1e-10), ctx)
+    gm = CLE().transform(model, CLEConfig(max_sweeps=100, tolerance=1e-10, absorb=False), ctx)
     with torch.no_grad():
         ref, out = model(x), gm(x)
         clipped = sum(int((o >= 6).sum()) for o in _relu6_outputs(model, x))
@@ -146,7 +147,7 @@ def test_cle_keeps_relu6_networks_exact_with_per_channel_clips() -> None:
     clips = [m for m in gm.modules() if isinstance(m, ChannelClippedReLU)]
     assert len(clips) == 17 and any(float((c.upper - 6).abs().max()) > 1 for c in clips)  # bounds were rescaled
     with torch.no_grad():  # the paper's ReLU replacement changes this network's function
-        assert not torch.allclose(CLE().transform(model, CLEConfig(relu6="relu"), StepContext())(x), ref, atol=1e-2)
+        assert not torch.allclose(CLE().transform(model, CLEConfig(relu6="relu", absorb=False), StepContext())(x), ref, atol=1e-2)
 
 
 def _relu6_outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
@@ -167,3 +168,36 @@ def test_bias_only_training_lowers_the_output_error_and_touches_only_biases() ->
     assert losses[2] < losses[1] < losses[0] and losses[-1] < 0.97 * losses[0]  # measured: 28.91, 27.23, 27.22
     assert all(torch.equal(qsim.model.get_submodule(n).weight, w) for n, w in weights.items())
     assert [p.requires_grad for p in qsim.parameters()] == flags  # the trainable flags are restored
+
+
+def test_high_bias_absorption_is_exact_on_its_data_and_lowers_activation_ranges() -> None:
+    model = _relu_mobilenet()
+    g = torch.Generator().manual_seed(3)
+    for m in model.modules():  # large positive BN biases: channels that never reach zero
+        if isinstance(m, nn.BatchNorm2d):
+            m.bias.data = torch.rand(m.num_features, generator=g) * 4
+    calib = generate(0, "calib", 32)
+    x = calib.normalize(calib.images)
+    plain, _ = cross_layer_equalize(model, CLEConfig(absorb=False))
+    absorbed, notes = cross_layer_equalize(model, CLEConfig(), x)
+    info = notes["high_bias_absorption"]
+    assert isinstance(info, dict) and info["pairs"] == 8 and info["channels"] > 0
+    with torch.no_grad():
+        assert torch.allclose(absorbed(x), model(x), atol=1e-4, rtol=1e-4)
+    # Every absorbed pair is depthwise -> pointwise: the depthwise outputs lose their offsets.
+    pairs = [(a, b) for a, _, b in find_pairs(absorbed) if absorbed.get_submodule(b).kernel_size == (1, 1)]
+    outputs: dict[str, list[torch.Tensor]] = {"plain": [], "absorbed": []}
+    for key, gm in (("plain", plain), ("absorbed", absorbed)):
+        handles = [gm.get_submodule(a).register_forward_hook(lambda m, i, o, key=key: outputs[key].append(o.relu()))
+                   for a, _ in pairs]
+        with torch.no_grad():
+            gm(x)
+        for h in handles:
+            h.remove()
+    # Quantized ranges include 0, so [0, max] is what a quantizer must cover: per channel, it shrinks.
+    plain_top = torch.cat([a.transpose(0, 1).flatten(1).amax(1) for a in outputs["plain"]])
+    absorbed_top = torch.cat([b.transpose(0, 1).flatten(1).amax(1) for b in outputs["absorbed"]])
+    assert bool((absorbed_top <= plain_top * (1 + 1e-5) + 1e-5).all())
+    assert float(absorbed_top.sum()) < 0.95 * float(plain_top.sum())
+    with pytest.raises(ValueError, match="absorb=false"):
+        CLE().transform(model, CLEConfig(), StepContext())
