@@ -29,7 +29,8 @@ from mqbench.store import LoadResult
 
 FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme", "seed", "status", "evaluated",
           "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "p_vs_fp32", "p_vs_best",
-          "best_in_scheme", "note", "record")
+          "best_in_scheme", "method_s", "note", "record")
+METHOD_STAGES = ("transform:", "calibrate:", "refine:")
 ALPHA = 0.05
 
 
@@ -70,7 +71,7 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             "scheme": c.get("scheme"), "seed": c.get("seed"), "status": r["status"], "evaluated": which,
             "top1": None, "top1_lo": None, "top1_hi": None, "top5": None, "top5_lo": None, "top5_hi": None,
             "n": None, "delta_top1": None, "p_vs_fp32": None, "p_vs_best": None,
-            "best_in_scheme": False, "note": note,
+            "best_in_scheme": False, "method_s": _method_seconds(r), "note": note,
             "record": Path(r.get("_path", "")).name, "n_config": c.get("eval_limit"),
             "_images": ((r.get("data") or {}).get("eval") or {}).get("fingerprint"), "_outcomes": None,
         }
@@ -105,6 +106,17 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     for row in rows:
         del row["n_config"], row["_images"], row["_outcomes"]
     return rows
+
+
+def _method_seconds(record: dict[str, Any]) -> float | None:
+    """Wall-clock seconds of the pipeline's own steps (transform, calibrate, refine), from the record's timings."""
+    timings = record.get("timings_s") or {}
+    steps = [v for k, v in timings.items() if k.startswith(METHOD_STAGES)]
+    return round(sum(steps), 1) if steps else None
+
+
+def _seconds(v: float | None) -> str:
+    return "" if v is None else f"{v:.1f}"
 
 
 def _paired_p(a: dict[str, Any], b: dict[str, Any]) -> float | None:
@@ -162,7 +174,8 @@ def _provenance_line(records: Sequence[dict[str, Any]]) -> str:
 
 LEGEND = ("`*` after Δ: differs from fp32 at 95% (two-sided exact McNemar test on the same evaluation images). "
           "`≈ best`: not significantly different from the most accurate row of the same model and scheme; "
-          "`< best`: significantly worse (p < 0.05).")
+          "`< best`: significantly worse (p < 0.05). `method s`: wall-clock seconds of the pipeline's transform, "
+          "calibrate and refine steps on the recorded machine (evaluation excluded).")
 
 STATUS_TEXT = {"ok": "", "failed": "FAILED", "skipped": "skipped"}
 
@@ -175,12 +188,12 @@ def render_markdown(loaded: LoadResult) -> str:
     for (dataset, model, weights), group in _groups(rows).items():
         lines += [f"## {model} ({weights}) on {dataset}", "",
                   "| pipeline | scheme | backend | top-1 % [95% CI] | top-5 % | Δ top-1 vs fp32 | vs scheme's best | n "
-                  "| status |",
-                  "|---|---|---|---|---|---|---|---|---|"]
+                  "| method s | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|"]
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" ({r['note']})" if r["note"] else "")
             lines.append(f"| {r['pipeline']} | {r['scheme']} | {r['backend']} | {_ci(r, 'top1')} | {_pct(r['top5'])} "
-                         f"| {_sig(r)} | {_vs_best(r)} | {r['n'] or ''} | {status.strip()} |")
+                         f"| {_sig(r)} | {_vs_best(r)} | {r['n'] or ''} | {_seconds(r['method_s'])} | {status.strip()} |")
         lines.append("")
     if rows:
         lines += [LEGEND, ""]
@@ -216,13 +229,13 @@ def print_rich(loaded: LoadResult, console: Console) -> None:
         table = Table(title=f"{model} ({weights}) on {dataset}", title_justify="left")
         for col, just in (("pipeline", "left"), ("scheme", "left"), ("backend", "left"), ("top-1 % [95% CI]", "right"),
                           ("top-5 %", "right"), ("Δ vs fp32", "right"), ("vs scheme's best", "left"), ("n", "right"),
-                          ("status", "left")):
+                          ("method s", "right"), ("status", "left")):
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" {r['note']}" if r["note"] else "")
             style = "red" if r["status"] == "failed" else ("dim" if r["status"] == "skipped" else None)
             table.add_row(r["pipeline"], r["scheme"], r["backend"], _ci(r, "top1"), _pct(r["top5"]),
-                          _sig(r), _vs_best(r), str(r["n"] or ""), status.strip(), style=style)
+                          _sig(r), _vs_best(r), str(r["n"] or ""), _seconds(r["method_s"]), status.strip(), style=style)
         console.print(table)
     prov = _provenance_line(loaded.records)
     if prov:

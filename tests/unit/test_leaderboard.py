@@ -40,9 +40,12 @@ def test_rows_newest_wins_and_delta_to_fp32() -> None:
 
 def test_formats_render_the_same_numbers_deterministically(tmp_path: Path) -> None:
     records = [rec("fp32", "fp32", 0.9, "2026-01-01T00:00:01"), rec("minmax", "w8a8-pc", 0.8875, "2026-01-01T00:00:02")]
+    # The method's cost is its transform / calibrate / refine steps, not loading or evaluation.
+    records[1]["timings_s"] = {"load_data": 3.0, "transform:cle": 0.25, "calibrate:minmax": 10.0,
+                               "refine:adaround": 500.0, "evaluate_sim": 120.0}
     loaded = LoadResult(records=records, problems=[(tmp_path / "junk.json", "not valid JSON")])
     md = leaderboard.render_markdown(loaded)
-    assert "| minmax | w8a8-pc | simulated | 88.75 [86.75, 90.75] | 99.00 | -1.25 | best | 1000 |  |" in md
+    assert "| minmax | w8a8-pc | simulated | 88.75 [86.75, 90.75] | 99.00 | -1.25 | best | 1000 | 510.2 |  |" in md
     assert "skipped junk.json: not valid JSON" in md and "Measured on: CPU X (2 threads), torch 2.13.0." in md
     assert md == leaderboard.render_markdown(loaded)
     rows = list(csv.DictReader(io.StringIO(leaderboard.render_csv(loaded))))
