@@ -77,13 +77,13 @@ def test_bias_correction_and_equalization_repair_per_tensor_mobilenet_v2(env: di
 
 
 def test_adaround_recovers_4_bit_mobilenet_v2(env: dict[str, str], tmp_path: Path) -> None:
-    """Issue 4's W4A8 per-channel recovery on the tf2ptq weights, on a budget (60 Adam steps per layer on
-    64 images, first 300 val-1300 images). Measured on all 1300 with the defaults (1000 steps, 256 images):
-    mse 0.004, mse+adaround 0.755 (float 0.790); see the closing note of issue 4."""
+    """Issue 4's W4A8 per-channel recovery on the tf2ptq weights, on a budget: 60 Adam steps per layer on 64
+    images, first 300 val-1300 images (measured: mse 0.003, mse+adaround 0.403). On all 1300 with the
+    defaults (1000 steps, 256 images): mse 0.004, mse+adaround 0.755 (float 0.790); see issue 4's note."""
     res = mqbench("run", "--suite", "imagenet", "--model", "mobilenet_v2:tf2ptq", "--method", "mse",
                   "--method", "mse+adaround(iterations=60,images=64)", "--scheme", "w4a8-pc", "--limit", "300",
                   "--results", str(tmp_path), "--quiet", env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     rows = _rows(tmp_path, env)
     assert rows[("mobilenet_v2:tf2ptq", "mse", "w4a8-pc")]["top1"] < 0.05
-    assert rows[("mobilenet_v2:tf2ptq", "mse+adaround(images=64,iterations=60)", "w4a8-pc")]["top1"] > 0.35
+    assert rows[("mobilenet_v2:tf2ptq", "mse+adaround(images=64,iterations=60)", "w4a8-pc")]["top1"] > 0.30  # measured 0.403
