@@ -53,7 +53,7 @@ class CLEConfig(MethodConfig):
     tolerance: float = 1e-8  # stop when no scale differs from 1 by more than this
     relu6: str = "clip"  # "clip": exact per-channel clipped ReLU; "relu": replace by ReLU (the paper)
     absorb: bool = True  # high-bias absorption (needs calibration images)
-    max_images: int = 256  # calibration images measuring the pre-activation minima for absorption
+    max_images: int = 64  # calibration images measuring the pre-activation minima (64: about 2 s on MobileNetV2)
 
     def __post_init__(self) -> None:
         if self.relu6 not in ("clip", "relu"):
