@@ -14,8 +14,10 @@ every earlier layer already rounded (the paper's asymmetric reconstruction, Sect
 ``f`` the activation fused into the layer (ReLU6, ReLU, a clip), so errors the activation removes do
 not count. The regulariser pushes ``h`` to 0 or 1; ``beta`` anneals from 20 to 2 after a warm-up
 (20% of the iterations) without it. ``V`` starts where ``h(V)`` equals the fractional part, i.e. at
-nearest rounding's float value. Adam, learning rate 1e-3, lambda 0.01, zeta 1.1, gamma -0.1: the
-paper's values (Section 5 and its Appendix); BRECQ's public implementation uses the same.
+nearest rounding's float value. Lambda 0.01, zeta 1.1, gamma -0.1, beta 20 -> 2 and the 20% warm-up are
+the paper's values (Section 5 and its Appendix; BRECQ's public implementation uses the same); the paper's
+Adam learning rate 1e-3 goes with 10k steps, so with 10x fewer steps the default here is 1e-2 (with 1e-3,
+``V`` cannot move far enough in 1000 steps to flip a rounding that starts far from 0.5).
 
 Cost. Layers are optimised in network order on the reconstruction data of
 ``mqbench.quant.reconstruction``: ``positions`` sampled output positions per image, each an input patch
@@ -23,7 +25,7 @@ row of the quantized network and the float network's output there, so a layer co
 grouped matrix products of ``batch_rows`` rows, independent of the image resolution. The paper
 reconstructs whole feature maps of 32 images per iteration for 10k-20k iterations (GPU hours on
 ImageNet); sampled positions with fewer iterations (default 1000) are what fits minutes on two CPU cores.
-``mqbench`` reports the accuracy against ``iterations`` in the README.
+The README reports the accuracy against ``iterations`` (MobileNetV2, w4a8-pc: 0.7454 with the defaults).
 
 The result leaves the method *on the grid*: each layer's deployed weight becomes exactly
 ``s * (q - z)`` for its learned integer codes ``q``, so quantizing it again with the same scale (what
