@@ -17,6 +17,7 @@ frozen, versioned :class:`MethodConfig` dataclass stored in every record.
 from __future__ import annotations
 
 import dataclasses
+import typing
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
@@ -89,7 +90,9 @@ class Method:
         if unknown:
             known = ", ".join(fields) or "none"
             raise ValueError(f"method {self.name} has no parameter {unknown[0]!r} (parameters: {known})")
-        return self.config_type(**overrides)
+        hints = typing.get_type_hints(self.config_type)
+        values = {key: _checked(self.name, key, hints.get(key), value) for key, value in overrides.items()}
+        return self.config_type(**values)
 
     def calibrates(self, config: MethodConfig) -> frozenset[str]:
         """The tensors (``weights``, ``activations``) whose ranges this step sets; calibrate steps only."""
@@ -111,6 +114,18 @@ class Method:
 
     def __repr__(self) -> str:
         return f"<method {self.name} ({self.stage})>"
+
+
+_TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a word"}
+
+
+def _checked(method: str, key: str, expected: Any, value: Any) -> Any:
+    """``value`` if it has the parameter's declared type (ints are accepted for floats); else ValueError."""
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if expected in _TYPE_WORDS and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
+        raise ValueError(f"parameter {key!r} of method {method} must be {_TYPE_WORDS[expected]}, got {value!r}")
+    return value
 
 
 @dataclass(frozen=True)

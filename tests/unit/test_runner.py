@@ -47,6 +47,9 @@ def test_config_hash_is_stable_and_sensitive() -> None:
     ("percentile(percentile=20)", "percentile must be in"), ("mse(bogus=1)", "has no parameter 'bogus'"),
     ("mse(candidates)", "write key=value"), ("mse(", "malformed"),
     ("msqe(targets=all)", "msqe calibrates weights only"), ("adaround", "without a calibrate step"),
+    ("cle(absorb=maybe)+mse", "'absorb' of method cle must be true or false"),
+    ("mse(candidates=abc)", "'candidates' of method mse must be an integer"),
+    ("mse(candidates=2.5)", "must be an integer"), ("percentile(percentile=true)", "must be a number"),
 ])
 def test_impossible_pipelines_are_rejected(plugins: Plugins, pipeline: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
