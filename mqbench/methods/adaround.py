@@ -36,7 +36,6 @@ its float mode (later steps, such as bias correction, compare against the real f
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -45,7 +44,7 @@ from mqbench import hookimpl
 from mqbench.data import Split
 from mqbench.methods import Method, MethodConfig, StepContext
 from mqbench.quant.qsim import QuantSim
-from mqbench.quant.reconstruction import LayerData, channel_view, layer_data
+from mqbench.quant.reconstruction import LayerData, channel_view, fit_layers
 from mqbench.registry import Registry
 
 ZETA, GAMMA = 1.1, -0.1  # the rectified sigmoid's stretch (Louizos et al. 2018), as in the paper
@@ -131,9 +130,17 @@ def round_layer(data: LayerData, config: AdaRoundConfig, generator: torch.Genera
     with torch.no_grad():
         up = (v >= 0).float()
         codes = torch.clamp(floor + up + zero, qmin, qmax)
-        final_loss = float(data.loss((codes - zero) * scale))
+        final_loss = float(data.loss(deployed(up)))
         changed = float((up != nearest_up).float().mean())
     return codes, {"loss_nearest": nearest_loss, "loss_adaround": final_loss, "changed_roundings": changed}
+
+
+def deployed_weight(codes: torch.Tensor, data: LayerData) -> torch.Tensor:
+    """The on-grid float weight ``s * (q - z)`` of integer ``codes (G, O, I)``, in the layer's weight shape."""
+    quantizer = data.quantizer
+    assert quantizer.scale is not None and quantizer.zero_point is not None
+    shape = (codes.shape[0], codes.shape[1])
+    return (codes - channel_view(quantizer.zero_point.float(), shape)) * channel_view(quantizer.scale, shape)
 
 
 class AdaRound(Method):
@@ -146,25 +153,17 @@ class AdaRound(Method):
                ctx: StepContext) -> None:
         assert isinstance(config, AdaRoundConfig)
         generator = torch.Generator().manual_seed(ctx.seed)
-        stats: dict[str, dict[str, float]] = {}
-        for data in layer_data(qsim, calib, images=config.images, positions=config.positions, seed=ctx.seed,
-                               batch_size=min(ctx.batch_size, 32), reporter=ctx.reporter,
-                               description="adaround (layers)"):
-            codes, stats[data.name] = round_layer(data, config, generator)
-            assert data.quantizer.scale is not None and data.quantizer.zero_point is not None
-            shape = (codes.shape[0], codes.shape[1])
-            scale = channel_view(data.quantizer.scale, shape)
-            zero = channel_view(data.quantizer.zero_point.float(), shape)
+
+        def fit(data: LayerData) -> dict[str, float]:
+            codes, stats = round_layer(data, config, generator)
             weight = qsim.layer_weight(data.name)
-            qsim.set_deployed_weight(data.name, ((codes - zero) * scale).reshape(weight.shape))
-        ctx.notes[self.name] = _summary(stats)
+            qsim.set_deployed_weight(data.name, deployed_weight(codes, data).reshape(weight.shape))
+            return stats
 
-
-def _summary(stats: dict[str, dict[str, float]]) -> dict[str, Any]:
-    """Per-layer reconstruction losses (nearest rounding vs learned) and the share of flipped roundings."""
-    ratios = [s["loss_adaround"] / max(s["loss_nearest"], 1e-12) for s in stats.values()]
-    return {"layers": {name: {k: round(v, 6) for k, v in s.items()} for name, s in stats.items()},
-            "mean_loss_ratio": round(sum(ratios) / max(1, len(ratios)), 4)}
+        ctx.notes[self.name] = fit_layers(qsim, calib, fit, images=config.images, positions=config.positions,
+                                          before="loss_nearest", after="loss_adaround", seed=ctx.seed,
+                                          batch_size=min(ctx.batch_size, 32), reporter=ctx.reporter,
+                                          description="adaround (layers)")
 
 
 @hookimpl

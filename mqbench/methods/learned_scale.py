@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +34,7 @@ from mqbench import hookimpl
 from mqbench.data import Split
 from mqbench.methods import Method, MethodConfig, StepContext
 from mqbench.quant.qsim import QuantSim
-from mqbench.quant.reconstruction import LayerData, channel_view, layer_data
+from mqbench.quant.reconstruction import LayerData, channel_view, fit_layers
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
 
@@ -138,19 +137,16 @@ class _LearnedScale(Method):
                ctx: StepContext) -> None:
         assert isinstance(config, LearnedScaleConfig)
         generator = torch.Generator().manual_seed(ctx.seed)
-        stats: dict[str, dict[str, float]] = {}
-        for data in layer_data(qsim, calib, images=config.images, positions=config.positions, seed=ctx.seed,
-                               batch_size=min(ctx.batch_size, 32), reporter=ctx.reporter,
-                               description=f"{self.name} (layers)"):
-            scale, stats[data.name] = learn_scale(data, self.name, config, generator)
+
+        def fit(data: LayerData) -> dict[str, float]:
+            scale, stats = learn_scale(data, self.name, config, generator)
             data.quantizer.set_qparams(scale, torch.zeros_like(scale, dtype=torch.int64))
-        ctx.notes[self.name] = _summary(stats)
+            return stats
 
-
-def _summary(stats: dict[str, dict[str, float]]) -> dict[str, Any]:
-    ratios = [s["loss_learned"] / max(s["loss_initial"], 1e-12) for s in stats.values()]
-    return {"layers": {name: {k: round(v, 6) for k, v in s.items()} for name, s in stats.items()},
-            "mean_loss_ratio": round(sum(ratios) / max(1, len(ratios)), 4)}
+        ctx.notes[self.name] = fit_layers(qsim, calib, fit, images=config.images, positions=config.positions,
+                                          before="loss_initial", after="loss_learned", seed=ctx.seed,
+                                          batch_size=min(ctx.batch_size, 32), reporter=ctx.reporter,
+                                          description=f"{self.name} (layers)")
 
 
 class LSQ(_LearnedScale):

@@ -101,14 +101,12 @@ def msqe_scale(values: torch.Tensor, counts: torch.Tensor, grid: Grid, candidate
     """
     if not grid.symmetric:
         raise ValueError("msqe_scale needs a symmetric grid")
-    qmin, qmax = Q.quant_range(grid.bits, grid.signed)
+    _, qmax = Q.quant_range(grid.bits, grid.signed)
     amax = torch.where(counts > 0, values.abs(), torch.zeros_like(values)).amax(1).clamp_min(Q.EPS)
     top = amax / qmax
 
     def error(scale: torch.Tensor) -> torch.Tensor:
-        s = scale.view(-1, 1)
-        fq = torch.clamp(torch.round(values * (1.0 / s)), qmin, qmax) * s
-        return ((fq - values) ** 2 * counts).sum(1)
+        return quantization_error(values, counts, -scale * qmax, scale * qmax, grid)
 
     def search(cands: list[torch.Tensor]) -> torch.Tensor:
         best_err = torch.full_like(amax, float("inf"))

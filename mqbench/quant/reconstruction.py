@@ -111,6 +111,19 @@ def layer_data(qsim: QuantSim, calib: Split, *, images: int, positions: int, see
                         qsim.weight_quantizers[name], x_rows, targets.pop(name), activations[name])
 
 
+def fit_layers(qsim: QuantSim, calib: Split, fit: Callable[[LayerData], dict[str, float]], *, images: int,
+               positions: int, before: str, after: str, seed: int = 0, batch_size: int = 32,
+               reporter: Reporter = SILENT, description: str = "layers") -> dict[str, object]:
+    """Run ``fit`` (which updates the QuantSim) on each layer's data in network order; returns the record's
+    notes: each layer's statistics from ``fit`` and the mean ratio of its ``after`` to its ``before`` loss."""
+    stats = {data.name: fit(data) for data in layer_data(qsim, calib, images=images, positions=positions, seed=seed,
+                                                         batch_size=batch_size, reporter=reporter,
+                                                         description=description)}
+    ratios = [s[after] / max(s[before], 1e-12) for s in stats.values()]
+    return {"layers": {name: {k: round(v, 6) for k, v in s.items()} for name, s in stats.items()},
+            "mean_loss_ratio": round(sum(ratios) / max(1, len(ratios)), 4)}
+
+
 def _float_targets(qsim: QuantSim, calib: Split, images: torch.Tensor, layers: dict[str, nn.Module],
                    activations: dict[str, Activation | None], sampled: dict[str, torch.Tensor], positions: int,
                    generator: torch.Generator, batch: int) -> dict[str, torch.Tensor]:
@@ -169,4 +182,5 @@ def _quantized_inputs(qsim: QuantSim, calib: Split, images: torch.Tensor, name: 
     return torch.cat(rows)
 
 
-__all__ = ["Activation", "LayerData", "channel_view", "grouped_weight", "layer_data", "layer_rows", "patch_rows"]
+__all__ = ["Activation", "LayerData", "channel_view", "fit_layers", "grouped_weight", "layer_data", "layer_rows",
+           "patch_rows"]
