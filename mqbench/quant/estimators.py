@@ -126,6 +126,18 @@ def msqe_scale(values: torch.Tensor, counts: torch.Tensor, grid: Grid, candidate
                   + [coarse])
 
 
+def outlier_mask(values: torch.Tensor, sigma: float) -> torch.Tensor:
+    """1.0 where ``|x| <= sigma * std(row)``, else 0.0 (all ones when ``sigma <= 0``), per row of ``values``.
+
+    Bae et al. 2022's outlier mask for the MSQE objective: the scale is fitted to the bulk of a channel,
+    the few weights beyond ``sigma`` standard deviations are clipped without voting on the scale.
+    """
+    if sigma <= 0:
+        return torch.ones_like(values)
+    std = values.std(1, keepdim=True) if values.shape[1] > 1 else values.abs()
+    return (values.abs() <= sigma * std).to(values.dtype)
+
+
 def msqe_range(values: torch.Tensor, counts: torch.Tensor, grid: Grid, candidates: int = 100,
                refinements: int = 20) -> Range:
     """The symmetric range whose qparams on ``grid`` are :func:`msqe_scale`'s scale."""
@@ -178,6 +190,14 @@ def entropy_range(values: torch.Tensor, counts: torch.Tensor, grid: Grid, bins: 
     return torch.maximum(lo, -t), torch.minimum(hi, t)
 
 
+def channel_rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    """``x`` as ``(C, N)``: one row per channel along ``axis`` (one row when per-tensor)."""
+    x = x.detach().float()
+    if axis is None:
+        return x.reshape(1, -1)
+    return x.transpose(0, axis % x.dim()).reshape(x.shape[axis], -1)
+
+
 class Observer:
     """Base class: collect statistics of the tensors seen, then propose a range."""
 
@@ -199,11 +219,7 @@ class Observer:
         return getattr(self._rows(x), fn)(dim=1)
 
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` as ``(C, N)``: one row per channel along ``axis`` (one row when per-tensor)."""
-        x = x.detach().float()
-        if self.axis is None:
-            return x.reshape(1, -1)
-        return x.transpose(0, self.axis % x.dim()).reshape(x.shape[self.axis], -1)
+        return channel_rows(x, self.axis)
 
     @staticmethod
     def _check(x: torch.Tensor) -> None:
@@ -301,5 +317,7 @@ class HistogramObserver(Observer):
         return lo[0].clamp(self.lo, self.hi), hi[0].clamp(self.lo, self.hi)
 
 
-__all__ = ["Grid", "HistogramObserver", "MinMaxObserver", "Observer", "Range", "SampleObserver", "entropy_range",
-           "minmax_range", "mse_range", "percentile_range", "quantization_error"]
+__all__ = ["Grid", "HistogramObserver", "MinMaxObserver", "Observer", "Range", "SampleObserver", "channel_rows",
+           "entropy_range",
+           "minmax_range", "mse_range", "msqe_range", "msqe_scale", "outlier_mask", "percentile_range",
+           "quantization_error"]
