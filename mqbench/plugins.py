@@ -52,6 +52,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.methods.learned_scale",
     "mqbench.methods.adaround",
     "mqbench.backends.simulated",
+    "mqbench.backends.ort_qdq",
     "mqbench.metrics.accuracy",
     "mqbench.suites",
 )

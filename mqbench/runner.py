@@ -34,10 +34,12 @@ import torch
 from torch import nn
 
 from mqbench import provenance
+from mqbench.backends import Deployed
 from mqbench.data import Split
 from mqbench.errors import UsageError
 from mqbench.methods import STAGE_ORDER, Method, MethodConfig, StepContext
 from mqbench.metrics import Evaluation
+from mqbench.metrics.accuracy import agreement
 from mqbench.models.weights import load_into, resolve_weights
 from mqbench.plugins import Plugins
 from mqbench.progress import SILENT, Reporter
@@ -349,6 +351,7 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                 with timer(f"transform:{step.name}"):
                     model = step.method.transform(model, step.config, ctx)
         evaluations: dict[str, Evaluation] = {}
+        deployed: Deployed | None = None
         if scheme.is_float:
             with timer("deploy"):
                 deployed = backend.deploy_float(model)
@@ -376,6 +379,10 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                                                        "evaluating (deployed)")
             record["qparams_summary"] = {"weight_quantizers": len(qsim.weight_quantizers),
                                          "activation_quantizers": len(qsim.act_quantizers)}
+        if "sim" in evaluations and "deployed" in evaluations:
+            record["agreement"] = agreement(evaluations["sim"].logits, evaluations["deployed"].logits)
+        if deployed is not None and hasattr(deployed, "deployment_info"):
+            record["deployment"] = deployed.deployment_info()
         if ctx.notes:
             record["method_notes"] = ctx.notes
         with timer("metrics"):

@@ -68,6 +68,21 @@ def mcnemar_p(a: Sequence[bool], b: Sequence[bool]) -> float:
     return min(1.0, 2 * tail / 2**n)
 
 
+def agreement(reference: torch.Tensor, deployed: torch.Tensor) -> dict[str, Any]:
+    """How well one model's logits (the simulation) predict another's (the deployed runtime) on the same
+    images: the share of images with the same top-1 class, and the logit SQNR in dB
+    (``10 log10(sum ref^2 / sum (ref - deployed)^2)``; None when the logits are identical or all zero)."""
+    if reference.shape != deployed.shape:
+        raise ValueError(f"logits of shapes {tuple(reference.shape)} and {tuple(deployed.shape)} cannot be compared")
+    ref, dep = reference.double(), deployed.double()
+    noise = float(((ref - dep) ** 2).sum())
+    signal = float((ref ** 2).sum())
+    sqnr = 10 * math.log10(signal / noise) if noise > 0 and signal > 0 else None
+    same = int((reference.argmax(1) == deployed.argmax(1)).sum())
+    return {"top1_agreement": same / max(1, reference.shape[0]), "images": int(reference.shape[0]),
+            "logit_sqnr_db": sqnr, "max_abs_logit_diff": float((ref - dep).abs().max()) if ref.numel() else 0.0}
+
+
 class Accuracy(Metric):
     name = "accuracy"
     description = "top-1 and top-5 accuracy with 95% Wilson confidence intervals"

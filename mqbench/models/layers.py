@@ -16,6 +16,7 @@ def tf_same_pad(x: torch.Tensor, kernel: tuple[int, int], stride: tuple[int, int
     even size, where PyTorch's symmetric ``padding=1`` pads 1 before and 1 after."""
     pads = []
     for size, k, s, d in zip(reversed(x.shape[-2:]), reversed(kernel), reversed(stride), reversed(dilation), strict=True):
+        size = int(size)  # a constant in an exported graph (ONNX Pad with fixed pads), not a shape computation
         total = max((math.ceil(size / s) - 1) * s + (k - 1) * d + 1 - size, 0)
         pads += [total // 2, total - total // 2]
     return F.pad(x, pads)
