@@ -53,6 +53,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.methods.adaround",
     "mqbench.backends.simulated",
     "mqbench.backends.ort_qdq",
+    "mqbench.backends.torch_int8",
     "mqbench.metrics.accuracy",
     "mqbench.suites",
 )
