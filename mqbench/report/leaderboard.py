@@ -2,7 +2,8 @@
 
 For each config hash the newest record wins (records are append-only; ``--force`` reruns add newer
 ones). A row's accuracy is the deployed model's where the backend runs a real executable, otherwise
-the simulation's. ``delta_top1`` is the difference to the ``fp32`` row of the same dataset, model,
+the simulation's; real-kernel rows also show the simulation's top-1 and how often the two agree.
+``delta_top1`` is the difference to the ``fp32`` row of the same dataset, model,
 weights, seed and evaluation size.
 
 Significance (val-1300 is small): rows evaluated on the same images are compared with the exact
@@ -29,7 +30,7 @@ from mqbench.store import LoadResult
 
 FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme", "seed", "status", "evaluated",
           "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "p_vs_fp32", "p_vs_best",
-          "best_in_scheme", "method_s", "note", "record")
+          "best_in_scheme", "sim_top1", "agreement", "logit_sqnr_db", "method_s", "note", "record")
 METHOD_STAGES = ("transform:", "calibrate:", "refine:")
 ALPHA = 0.05
 
@@ -72,6 +73,10 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             "top1": None, "top1_lo": None, "top1_hi": None, "top5": None, "top5_lo": None, "top5_hi": None,
             "n": None, "delta_top1": None, "p_vs_fp32": None, "p_vs_best": None,
             "best_in_scheme": False, "method_s": _method_seconds(r), "note": note,
+            "sim_top1": (((r.get("metrics") or {}).get("sim") or {}).get("accuracy") or {}).get("top1", {}).get("value")
+            if which == "deployed" else None,
+            "agreement": (r.get("agreement") or {}).get("top1_agreement"),
+            "logit_sqnr_db": (r.get("agreement") or {}).get("logit_sqnr_db"),
             "record": Path(r.get("_path", "")).name, "n_config": c.get("eval_limit"),
             "_images": ((r.get("data") or {}).get("eval") or {}).get("fingerprint"), "_outcomes": None,
         }
@@ -175,7 +180,9 @@ def _provenance_line(records: Sequence[dict[str, Any]]) -> str:
 LEGEND = ("`*` after Δ: differs from fp32 at 95% (two-sided exact McNemar test on the same evaluation images). "
           "`≈ best`: not significantly different from the most accurate row of the same model and scheme; "
           "`< best`: significantly worse (p < 0.05). `method s`: wall-clock seconds of the pipeline's transform, "
-          "calibrate and refine steps on the recorded machine (evaluation excluded).")
+          "calibrate and refine steps on the recorded machine (evaluation excluded). On a real-kernel backend the "
+          "top-1 is the deployed model's; `sim top-1`: the QuantSim's on the same images; `agree %`: images whose "
+          "simulated and deployed top-1 class match.")
 
 STATUS_TEXT = {"ok": "", "failed": "FAILED", "skipped": "skipped"}
 
@@ -188,12 +195,13 @@ def render_markdown(loaded: LoadResult) -> str:
     for (dataset, model, weights), group in _groups(rows).items():
         lines += [f"## {model} ({weights}) on {dataset}", "",
                   "| pipeline | scheme | backend | top-1 % [95% CI] | top-5 % | Δ top-1 vs fp32 | vs scheme's best | n "
-                  "| method s | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|"]
+                  "| sim top-1 % | agree % | method s | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" ({r['note']})" if r["note"] else "")
             lines.append(f"| {r['pipeline']} | {r['scheme']} | {r['backend']} | {_ci(r, 'top1')} | {_pct(r['top5'])} "
-                         f"| {_sig(r)} | {_vs_best(r)} | {r['n'] or ''} | {_seconds(r['method_s'])} | {status.strip()} |")
+                         f"| {_sig(r)} | {_vs_best(r)} | {r['n'] or ''} | {_pct(r['sim_top1'])} | {_pct(r['agreement'])} "
+                         f"| {_seconds(r['method_s'])} | {status.strip()} |")
         lines.append("")
     if rows:
         lines += [LEGEND, ""]
@@ -229,13 +237,14 @@ def print_rich(loaded: LoadResult, console: Console) -> None:
         table = Table(title=f"{model} ({weights}) on {dataset}", title_justify="left")
         for col, just in (("pipeline", "left"), ("scheme", "left"), ("backend", "left"), ("top-1 % [95% CI]", "right"),
                           ("top-5 %", "right"), ("Δ vs fp32", "right"), ("vs scheme's best", "left"), ("n", "right"),
-                          ("method s", "right"), ("status", "left")):
+                          ("sim top-1 %", "right"), ("agree %", "right"), ("method s", "right"), ("status", "left")):
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" {r['note']}" if r["note"] else "")
             style = "red" if r["status"] == "failed" else ("dim" if r["status"] == "skipped" else None)
             table.add_row(r["pipeline"], r["scheme"], r["backend"], _ci(r, "top1"), _pct(r["top5"]),
-                          _sig(r), _vs_best(r), str(r["n"] or ""), _seconds(r["method_s"]), status.strip(), style=style)
+                          _sig(r), _vs_best(r), str(r["n"] or ""), _pct(r["sim_top1"]), _pct(r["agreement"]),
+                          _seconds(r["method_s"]), status.strip(), style=style)
         console.print(table)
     prov = _provenance_line(loaded.records)
     if prov:

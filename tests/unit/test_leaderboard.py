@@ -45,7 +45,7 @@ def test_formats_render_the_same_numbers_deterministically(tmp_path: Path) -> No
                                "refine:adaround": 500.0, "evaluate_sim": 120.0}
     loaded = LoadResult(records=records, problems=[(tmp_path / "junk.json", "not valid JSON")])
     md = leaderboard.render_markdown(loaded)
-    assert "| minmax | w8a8-pc | simulated | 88.75 [86.75, 90.75] | 99.00 | -1.25 | best | 1000 | 510.2 |  |" in md
+    assert "| minmax | w8a8-pc | simulated | 88.75 [86.75, 90.75] | 99.00 | -1.25 | best | 1000 |  |  | 510.2 |  |" in md
     assert "skipped junk.json: not valid JSON" in md and "Measured on: CPU X (2 threads), torch 2.13.0." in md
     assert md == leaderboard.render_markdown(loaded)
     rows = list(csv.DictReader(io.StringIO(leaderboard.render_csv(loaded))))
@@ -91,3 +91,16 @@ def test_paired_significance_marks_rows() -> None:
     assert rows["other"]["p_vs_fp32"] is None  # other images: no paired test
     md = leaderboard.render_markdown(LoadResult(records))
     assert "| -30.00* | < best (p=" in md and "| -1.00 | best |" in md and "McNemar" in md
+
+
+def test_real_kernel_rows_show_the_deployed_accuracy_the_simulated_one_and_their_agreement() -> None:
+    deployed = rec("minmax", "w8a8-pc", 0.80, "2026-01-01T00:00:02")
+    deployed["config"]["backend"] = "ort-qdq"
+    deployed["metrics"]["deployed"] = {"accuracy": {"n": 1000, "top1": {"value": 0.79, "ci95": [0.77, 0.81]},
+                                                    "top5": {"value": 0.95, "ci95": [0.94, 0.96]}}}
+    deployed["agreement"] = {"top1_agreement": 0.996, "images": 1000, "logit_sqnr_db": 31.5, "max_abs_logit_diff": 0.4}
+    row = leaderboard.rows_from_records([deployed])[0]
+    assert (row["evaluated"], row["top1"], row["sim_top1"], row["agreement"], row["logit_sqnr_db"]) == (
+        "deployed", 0.79, 0.80, 0.996, 31.5)
+    md = leaderboard.render_markdown(LoadResult(records=[deployed], problems=[]))
+    assert "| minmax | w8a8-pc | ort-qdq | 79.00 [77.00, 81.00] | 95.00 |" in md and "| 80.00 | 99.60 |" in md
