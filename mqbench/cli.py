@@ -43,7 +43,7 @@ def _describe(kind: str, item: Any) -> dict[str, Any]:
         d.update(stage=item.stage, quantizes=item.quantizes, version=item.version,
                  config=item.default_config().to_dict())
     elif kind == "backends":
-        d.update(simulation_only=item.simulation_only, version=item.version)
+        d.update(simulation_only=item.simulation_only, version=item.version, unavailable=item.unavailable())
     elif kind == "datasets":
         d.update(num_classes=item.num_classes, image_size=item.image_size)
     elif kind == "suites":
@@ -70,6 +70,8 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
                 extra = f" [{item['stage']}]" + (f" parameters: {params}" if params else "")
             elif kind == "models":
                 extra = f" (weights: {', '.join(item['weights'])})"
+            elif kind == "backends" and item["unavailable"]:
+                extra = f" [unavailable: {item['unavailable']}]"
             table.add_row(item["name"], escape(item["description"] + extra), item["plugin"])
         out.print(table)
     return 0
@@ -77,8 +79,11 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
 
 def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
     infos = list(plugins.infos.values())
+    unavailable = {i.name: {name: why for name in i.registered.get("backend", [])
+                            if (why := plugins.backends.get(name).unavailable())} for i in infos}
     if args.json:
-        print(json.dumps([i.to_dict() for i in infos], indent=1, sort_keys=True))
+        print(json.dumps([{**i.to_dict(), "unavailable_backends": unavailable[i.name]} for i in infos], indent=1,
+                         sort_keys=True))
         return 0
     table = Table(title="plugins", title_justify="left")
     for col in ("name", "source", "version", "hooks", "registered", "status"):
@@ -87,6 +92,7 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
         registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in i.registered.items())
         source = i.source + (f" ({i.distribution})" if i.distribution else "")
         status = i.status + (f": {i.error}" if i.error else "")
+        status += "".join(f"; backend {name} unavailable: {why}" for name, why in unavailable[i.name].items())
         table.add_row(i.name, source, i.version or "", ", ".join(h.removeprefix("mqbench_") for h in i.hooks),
                       registered, status, style="red" if i.status == "failed" else None)
     out.print(table)

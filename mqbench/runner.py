@@ -330,6 +330,10 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             "metrics": [_plugin_ref(plugins, "metric", m.name) for m in plugins.metrics],
         }
         scheme: QuantScheme = parse_scheme(cell.scheme)
+        missing = backend.unavailable()
+        if missing:
+            record["status"], record["skip_reason"] = "skipped", f"backend {backend.name} is unavailable: {missing}"
+            return record
         reason = backend.check_scheme(scheme) if not scheme.is_float else None
         if reason:
             record["status"], record["skip_reason"] = "skipped", f"backend {backend.name} cannot run {scheme.name}: {reason}"

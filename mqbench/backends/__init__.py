@@ -28,6 +28,11 @@ class Backend:
     version: str = "1"
     simulation_only: bool = False  # True: ``convert`` returns the QuantSim itself (nothing else to measure)
 
+    def unavailable(self) -> str | None:
+        """Why this backend cannot run on this machine (its runtime is not installed, ...), or None.
+        ``mqbench plugins`` and ``mqbench list backends`` show it; the runner skips the backend's cells with it."""
+        return None
+
     def check_scheme(self, scheme: QuantScheme) -> str | None:
         """None if this backend can run ``scheme``, otherwise the reason it cannot (recorded as skipped)."""
         return None

@@ -297,10 +297,10 @@ class OrtQDQ(Backend):
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or len(os.sched_getaffinity(0))
 
+    def unavailable(self) -> str | None:
+        return _missing_runtime()
+
     def check_scheme(self, scheme: QuantScheme) -> str | None:
-        missing = _missing_runtime()
-        if missing:
-            return missing
         if scheme.weight_bits != 8 or scheme.act_bits != 8:
             return "ONNX Runtime's integer kernels take 8-bit weights and 8-bit activations (a w8a8 scheme)"
         if not scheme.weight_symmetric and scheme.weight_granularity == "channel":

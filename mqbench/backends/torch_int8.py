@@ -293,10 +293,13 @@ class TorchInt8(Backend):
         self.description = f"PyTorch quantized kernels, {engine} engine; the QuantSim's exact qparams and codes"
         self.threads = threads or len(os.sched_getaffinity(0))
 
-    def check_scheme(self, scheme: QuantScheme) -> str | None:
+    def unavailable(self) -> str | None:
         if self.engine not in torch.backends.quantized.supported_engines:
             engines = ", ".join(torch.backends.quantized.supported_engines)
             return f"this torch build has no {self.engine} engine (it has {engines})"
+        return None
+
+    def check_scheme(self, scheme: QuantScheme) -> str | None:
         if scheme.weight_bits != 8 or scheme.act_bits != 8:
             return "PyTorch's quantized kernels take 8-bit weights and 8-bit activations (a w8a8 scheme)"
         if scheme.act_symmetric:

@@ -196,3 +196,23 @@ def test_missing_data_directory_is_a_usage_error_naming_the_expected_file(tmp_pa
     assert res.returncode == 2
     assert "dataset imagenet/calib expects" in res.stderr and "calib-1000.parquet, which does not exist" in res.stderr
     assert not (tmp_path / "r").exists()
+
+
+def test_plugins_and_list_report_a_backend_whose_runtime_is_missing(tmp_path: Path) -> None:
+    # A stand-in package that fails to import as a missing onnxruntime does.
+    shadow = tmp_path / "shadow" / "onnxruntime"
+    shadow.mkdir(parents=True)
+    (shadow / "__init__.py").write_text('raise ImportError("No module named onnxruntime", name="onnxruntime")\n')
+    env = cli_env(tmp_path / "cache", extra_path=tmp_path / "shadow")
+    plugins = mqbench("plugins", "--json", env=env)
+    assert plugins.returncode == 0, plugins.stderr
+    by_name = {p["name"]: p for p in json.loads(plugins.stdout)}
+    assert by_name["mqbench.backends.ort_qdq"]["unavailable_backends"] == {
+        "ort-qdq": "onnxruntime is not installed (pip install onnxruntime)"}
+    assert by_name["mqbench.backends.torch_int8"]["unavailable_backends"] == {}
+    listed = mqbench("list", "backends", "--json", env=env)
+    assert {b["name"]: b["unavailable"] for b in json.loads(listed.stdout)}["ort-qdq"].startswith("onnxruntime is not")
+    run = mqbench("run", "--model", "quick_cnn", "--method", "minmax", "--backend", "ort-qdq", "--scheme", "w8a8-pc",
+                  "--limit", "20", "--results", str(tmp_path / "r"), env=env)
+    assert run.returncode == 0, run.stderr
+    assert "unavailable: onnxruntime is not installed" in run.stdout + run.stderr

@@ -121,3 +121,37 @@ def test_cells_run_fail_and_skip_into_records(plugins: Plugins, tmp_path: Path, 
     again = runner.run(cells, store, ws)
     assert again.already_stored == 4
     assert [(r["config"]["pipeline"], r["config"]["scheme"]) for r in again.records] == [("boom", "w8a8-pt")]
+
+
+def test_real_kernel_cells_store_agreement_and_the_kernels_that_ran(plugins: Plugins, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax"],
+                          backends=["ort-qdq", "torch-x86"], schemes=["w8a8-pc", "w4a8-pc"], eval_limit=200)
+    summary = runner.run(cells, Store(tmp_path / "results"), runner.Workspace(plugins))
+    by = {(r["config"]["backend"], r["config"]["scheme"]): r for r in summary.records}
+    for backend in ("ort-qdq", "torch-x86"):
+        ok = by[(backend, "w8a8-pc")]
+        assert ok["status"] == "ok", ok.get("error")
+        assert set(ok["metrics"]) == {"sim", "deployed"} and ok["agreement"]["images"] == 200
+        assert ok["agreement"]["top1_agreement"] >= 0.95, ok["agreement"]
+        skipped = by[(backend, "w4a8-pc")]
+        assert skipped["status"] == "skipped" and "8-bit weights" in skipped["skip_reason"]
+    assert by[("ort-qdq", "w8a8-pc")]["deployment"]  # the operators ONNX Runtime ran, per input shape
+    summary_ops = next(iter(by[("ort-qdq", "w8a8-pc")]["deployment"].values()))
+    assert summary_ops["float_compute_ops"] == {} and summary_ops["ops"].get("QLinearConv", 0) > 0
+
+
+def test_a_backend_whose_runtime_is_missing_is_reported_and_its_cells_skipped(
+        plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from mqbench.backends import ort_qdq
+
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(ort_qdq, "_missing_runtime", lambda: "onnxruntime is not installed (pip install onnxruntime)")
+    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax"], backends=["ort-qdq"],
+                          schemes=["w8a8-pc"], eval_limit=50)
+    record = runner.run(cells, Store(tmp_path / "results"), runner.Workspace(plugins)).records[0]
+    assert record["status"] == "skipped"
+    assert record["skip_reason"] == ("backend ort-qdq is unavailable: onnxruntime is not installed "
+                                     "(pip install onnxruntime)")
