@@ -21,6 +21,7 @@ import copy
 import hashlib
 import itertools
 import json
+import math
 import re
 import time
 import traceback
@@ -399,7 +400,27 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
         record["status"] = "failed"
         record["error"] = {"type": type(exc).__name__, "message": str(exc),
                            "traceback": traceback.format_exc(limit=8)[-4000:]}
+    bad = _replace_non_finite(record)
+    if bad:  # JSON has no NaN/inf: keep the record (as failed, the values nulled) rather than lose the cell
+        record["status"] = "failed"
+        record.setdefault("error", {"type": "NonFiniteValue",
+                                    "message": f"non-finite values (NaN or inf) in {', '.join(bad[:5])}"
+                                               + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")})
     return record
+
+
+def _replace_non_finite(obj: Any, path: str = "") -> list[str]:
+    """Replace every NaN/inf float inside ``obj`` (dicts and lists) by None; return their dotted paths."""
+    bad: list[str] = []
+    items = obj.items() if isinstance(obj, dict) else enumerate(obj) if isinstance(obj, list) else []
+    for key, value in list(items):
+        where = f"{path}.{key}" if path else str(key)
+        if isinstance(value, float) and not math.isfinite(value):
+            obj[key] = None
+            bad.append(where)
+        elif isinstance(value, (dict, list)):
+            bad += _replace_non_finite(value, where)
+    return bad
 
 
 class Executor(Protocol):

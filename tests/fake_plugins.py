@@ -1,4 +1,5 @@
-"""A plugin module for tests: a tiny model, a method that raises, a backend that refuses schemes."""
+"""A plugin module for tests: a tiny model, a method that raises, one that reports NaN, a backend that refuses
+schemes."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from torch import nn
 from mqbench import hookimpl
 from mqbench.backends.simulated import Simulated
 from mqbench.methods import Method
+from mqbench.methods.minmax import MinMax
 from mqbench.models import ModelSpec, TrainConfig, TrainedWeights
 
 
@@ -31,6 +33,15 @@ class Boom(Method):
         raise RuntimeError("boom: calibration exploded")
 
 
+class NaNNotes(MinMax):
+    name = "nan_notes"
+    description = "minmax, then reports a NaN loss in its notes (as a diverging method would)"
+
+    def calibrate(self, qsim, calib, config, ctx):  # type: ignore[no-untyped-def]
+        super().calibrate(qsim, calib, config, ctx)
+        ctx.notes["nan_notes"] = {"loss": float("nan"), "steps": [1.0, float("inf")]}
+
+
 class Picky(Simulated):
     name = "picky"
     description = "simulated, but refuses per-channel weights"
@@ -48,6 +59,7 @@ def mqbench_register_models(register):  # type: ignore[no-untyped-def]
 @hookimpl
 def mqbench_register_methods(register):  # type: ignore[no-untyped-def]
     register(Boom())
+    register(NaNNotes())
 
 
 @hookimpl

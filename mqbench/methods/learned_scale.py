@@ -156,6 +156,9 @@ def learn_scale(data: LayerData, method: str, config: LearnedScaleConfig,
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+        if method == "lsq":
+            with torch.no_grad():  # a step size stays positive (at least 1/1000 of where it started)
+                param.clamp_(min=1e-3)
     with torch.no_grad():
         final = float(data.loss(quantized(param)))
         if final < best_loss:  # the full-data loss decides: a learned scale never makes the layer worse

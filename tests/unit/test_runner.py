@@ -155,3 +155,21 @@ def test_a_backend_whose_runtime_is_missing_is_reported_and_its_cells_skipped(
     assert record["status"] == "skipped"
     assert record["skip_reason"] == ("backend ort-qdq is unavailable: onnxruntime is not installed "
                                      "(pip install onnxruntime)")
+
+
+def test_a_cell_reporting_nan_is_stored_as_failed_not_lost(plugins: Plugins, tmp_path: Path,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["nan_notes", "minmax"],
+                          schemes=["w8a8-pt"], eval_limit=50)
+    store = Store(tmp_path / "results")
+    summary = runner.run(cells, store, runner.Workspace(plugins))
+    by = {r["config"]["pipeline"]: r for r in summary.records}
+    assert by["minmax"]["status"] == "ok"  # the run went on
+    failed = by["nan_notes"]
+    assert failed["status"] == "failed" and failed["error"]["type"] == "NonFiniteValue"
+    assert "method_notes.nan_notes.loss" in failed["error"]["message"]
+    assert "method_notes.nan_notes.steps.1" in failed["error"]["message"]
+    assert failed["method_notes"]["nan_notes"] == {"loss": None, "steps": [1.0, None]}
+    assert failed["metrics"]["sim"]["accuracy"]["n"] == 50  # what was measured is kept
+    assert len(store.load().records) == 2
