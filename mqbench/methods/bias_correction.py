@@ -32,7 +32,7 @@ from mqbench import hookimpl
 from mqbench.data import Split
 from mqbench.methods import Method, MethodConfig, StepContext
 from mqbench.progress import SILENT, Reporter
-from mqbench.quant.qsim import QuantSim
+from mqbench.quant.qsim import QuantConv2d, QuantLinear, QuantSim, quantized_bias
 from mqbench.registry import Registry
 
 
@@ -83,10 +83,15 @@ def correct_biases(qsim: QuantSim, calib: Split, config: BiasCorrectionConfig, b
             if mod.bias is None:
                 mod.bias = nn.Parameter(torch.zeros_like(shift))
             bias = mod.bias
-            assert isinstance(bias, torch.Tensor)
-            bias.data += shift
+            assert isinstance(bias, torch.Tensor) and isinstance(mod, (QuantConv2d, QuantLinear))
+            before = quantized_bias(bias, mod.weight_quantizer, mod.input_quantizer)
+            assert before is not None
+            bias.data = before.detach() + shift  # from the bias the runtime adds, so only one rounding remains
             applied[name] = float(shift.abs().max())
-            return out + shift.view(1, -1, *([1] * (out.dim() - 2)))
+            # The layer adds its bias as the runtime does (int32 codes), so later layers see that change.
+            after = quantized_bias(bias, mod.weight_quantizer, mod.input_quantizer)
+            assert after is not None
+            return out + (after - before).view(1, -1, *([1] * (out.dim() - 2)))
         handles.append(module.register_forward_hook(correct))
     try:
         with torch.no_grad():

@@ -119,9 +119,15 @@ def test_bias_correction_removes_the_mean_shift_on_calibration_data() -> None:
 
     before = shifts(("float", "quant"))  # the float reference is taken before any bias changes
     correct_biases(qsim, calib, BiasCorrectionConfig(max_images=64))
-    after = shifts(("quant",))
+    shifts(("quant",))  # refreshes means["quant"]
     assert max(before.values()) > 0.05  # 4-bit per-tensor weights do shift the means
-    assert max(after.values()) < 1e-4
+    # The bias is added as int32 codes at scale s_in * s_w (as runtimes do), so a corrected mean can only
+    # land within half of that step of the float mean; in this untrained net the steps are coarse.
+    for n in qsim.weight_quantizers:
+        layer = qsim.model.get_submodule(n)
+        step = layer.input_quantizer().scale * layer.weight_quantizer.scale  # type: ignore[operator,union-attr]
+        residual = float((means["float"][n] - means["quant"][n]).abs().max())
+        assert residual <= 0.5 * float(step) * (1 + 1e-4) + 1e-5, (n, residual, float(step))
 
 
 def test_cle_keeps_relu6_networks_exact_with_per_channel_clips() -> None:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mqbench.data.synthetic import generate
 from mqbench.models.builtin import quick_cnn, quick_mobilenet_v1, quick_mobilenet_v2
+from mqbench.quant import functional as Q
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.graph import fold_batchnorm, trace, weighted_layers
 from mqbench.quant.qsim import Placement, QuantSim
@@ -108,3 +110,31 @@ def test_calibrated_sim_is_close_to_float_at_16_bits_and_uncalibrated_sim_raises
     assert rel < 1e-3
     exported = qsim.export_qparams()
     assert exported["scheme"] == "w16a16-pc" and exported["activations"]["x"]["scale"] is not None
+
+
+def test_a_quantized_layer_adds_its_bias_as_int32_codes_at_input_times_weight_scale() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU()).eval()
+    model[0].bias.data = torch.tensor([0.1234567, -0.3, 0.05, 1.0])
+    data = generate(0, "calib", 16)
+    qsim = QuantSim.from_float(model, parse_scheme("w8a8-pc"))
+    calibrate_weights(qsim, minmax_observer)
+    calibrate_activations(qsim, data, minmax_observer)
+    conv = qsim.model.get_submodule("0")
+    q_in, q_w = qsim.act_quantizers["input_1"], conv.weight_quantizer
+    step = q_in.scale * q_w.scale
+    x = data.normalize(data.images[:4])
+    x_codes = Q.quantize(x, q_in.scale, q_in.zero_point, qmin=0, qmax=255).double()
+    w_codes = Q.quantize(conv.weight.detach(), q_w.scale, q_w.zero_point, qmin=-128, qmax=127, axis=0).double()
+    # The integer computation: int32 accumulation of (x - zp) * w plus round(b / step), times step.
+    acc = F.conv2d(x_codes - float(q_in.zero_point), w_codes) + torch.round(conv.bias.detach().double() / step).view(1, -1, 1, 1)
+    expected = acc * step.double().view(1, -1, 1, 1)
+    seen = {}
+    conv.register_forward_hook(lambda m, i, o: seen.__setitem__("out", o))
+    with torch.no_grad():
+        qsim(x)
+    assert torch.allclose(seen["out"].double(), expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(conv.bias, torch.round(conv.bias / step) * step)  # the float bias is off the grid
+    # Float mode and wider-than-8-bit schemes keep the float bias.
+    with torch.no_grad(), qsim.float_mode():
+        assert torch.allclose(qsim(x), model(x), atol=1e-5)
