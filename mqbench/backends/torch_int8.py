@@ -5,6 +5,8 @@ quantized modules and run on the engine's integer kernels.
 the QuantSim quantizes is a quantized tensor with exactly the QuantSim's scale and zero point:
 
 * the input: ``torch.quantize_per_tensor``;
+* biases: fbgemm, x86 and onednn add the float bias after scaling the int32 accumulator, qnnpack rounds
+  it to int32 codes at input x weight scale; ``prepare`` tells the QuantSim which (``Placement.int32_bias``);
 * a conv / linear with its fused activation and output quantizer: one ``torch.ao.nn.quantized``
   ``Conv2d`` / ``Linear`` (``ConvReLU2d`` / ``LinearReLU`` for a fused ReLU) whose weight is built
   from the QuantSim's own integer codes (so on-grid AdaRound weights deploy exactly, nothing is
@@ -309,11 +311,15 @@ class TorchInt8(Backend):
         return None
 
     def prepare(self, model: nn.Module, scheme: QuantScheme) -> QuantSim:
-        return QuantSim.from_float(model, scheme, Placement())
+        # fbgemm, x86 and onednn add the float bias after scaling the accumulator; qnnpack rounds it to int32
+        # at input x weight scale when packing (tests/unit/test_torch_int8.py checks both on the kernels).
+        return QuantSim.from_float(model, scheme, Placement(int32_bias=self.engine == "qnnpack"))
 
     def convert(self, qsim: QuantSim) -> Deployed:
         torch.backends.quantized.engine = self.engine  # weights are packed for the engine active now
-        return TorchInt8Model(convert_to_torch_int8(qsim), self.engine)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+            return TorchInt8Model(convert_to_torch_int8(qsim), self.engine)
 
     def deploy_float(self, model: nn.Module) -> Deployed:
         return model.eval()

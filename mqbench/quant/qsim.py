@@ -110,10 +110,10 @@ def quantized_bias(bias: torch.Tensor | None, weight_quantizer: Quantizer,
     point 0), when the layer's input and weight are both quantized to at most 8 bits (the int32
     accumulator of int8 kernels; wider schemes keep the float bias, as a wider accumulator would).
 
-    Every int8 runtime measured (ONNX Runtime's QLinearConv, PyTorch's fbgemm / x86 / qnnpack / onednn)
-    accumulates the bias in int32 at that scale; the rounding is at most half a step of it, up to 0.15
-    of an output step on MobileNetV2 tf2ptq (w8a8-pc), enough to flip 0.4% of a layer's output codes
-    and 2% of the top-1 predictions if the simulation kept the float bias.
+    ONNX Runtime's QLinearConv (and TFLite) accumulate the bias in int32 at that scale; the rounding is at
+    most half a step of it, up to 0.15 of an output step on MobileNetV2 tf2ptq (w8a8-pc), enough to flip
+    0.4% of a layer's output codes if the simulation kept the float bias. PyTorch's quantized kernels take
+    a float bias instead: their backends place quantizers with ``Placement(int32_bias=False)``.
     """
     if torch.onnx.is_in_onnx_export():  # the ONNX export writes the int32 bias itself (backends.ort_qdq)
         return bias
@@ -188,6 +188,9 @@ class Placement:
     fuse_activations: bool = True
     fuse_add_relu: bool = True
     requantize_pooling: bool = True
+    # Biases added as int32 codes at input x weight scale (ONNX Runtime, TFLite); False: added in float
+    # after requantization (PyTorch's fbgemm / x86 kernels take a float bias).
+    int32_bias: bool = True
 
 
 class QuantSim(nn.Module):
@@ -228,7 +231,8 @@ class QuantSim(nn.Module):
         act_q: dict[str, Quantizer] = {}
         if scheme.act_bits is not None:
             act_q = _insert_activation_quantizers(gm, scheme, placement)
-            _bind_input_quantizers(gm)
+            if placement.int32_bias:
+                _bind_input_quantizers(gm)
         gm.recompile()
         return cls(gm, scheme, layers, weight_q, act_q, placement)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mqbench.backends.torch_int8 import TorchInt8, quantize_input, quantized_weight
@@ -79,3 +80,28 @@ def test_schemes_the_kernels_cannot_run_are_refused(scheme: str, reason: str) ->
     message = TorchInt8("x86").check_scheme(parse_scheme(scheme))
     assert message is not None and reason in message
     assert TorchInt8("x86").check_scheme(parse_scheme("w8a8-pc")) is None
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_each_engine_adds_the_bias_as_its_quantsim_assumes(engine: str) -> None:
+    # A 1x1 conv with a fine output step, so rounding the bias to int32 at s_in * s_w is visible in the codes.
+    torch.manual_seed(0)
+    x = torch.quantize_per_tensor(torch.rand(1, 16, 8, 8) * 4, 4 / 255, 0, torch.quint8)
+    w = torch.randn(8, 16, 1, 1) * 0.5
+    sw = w.abs().amax((1, 2, 3)) / 127
+    wq = torch.quantize_per_channel(w, sw.double(), torch.zeros(8, dtype=torch.long), 0, torch.qint8)
+    bias, s_out = torch.randn(8) * 0.3, 0.003
+    acc = F.conv2d(x.dequantize().double(), wq.dequantize().double())
+    step = (4 / 255 * sw).double()
+    float_bias = torch.clamp(torch.round((acc + bias.double().view(1, -1, 1, 1)) / s_out) + 128, 0, 255)
+    int32_bias = torch.clamp(torch.round((acc + (torch.round(bias.double() / step) * step).view(1, -1, 1, 1)) / s_out)
+                             + 128, 0, 255)
+    assert not torch.equal(float_bias, int32_bias)
+    torch.backends.quantized.engine = engine
+    conv = torch.ao.nn.quantized.Conv2d(16, 8, 1)
+    conv.set_weight_bias(wq, bias)
+    conv.scale, conv.zero_point = s_out, 128
+    out = conv(x).int_repr().double()
+    qsim = TorchInt8(engine).prepare(nn.Sequential(nn.Conv2d(16, 8, 1)).eval(), parse_scheme("w8a8-pc"))
+    assumes_int32 = qsim.model.get_submodule("0").input_quantizer is not None
+    assert torch.equal(out, int32_bias if assumes_int32 else float_bias), engine
