@@ -45,7 +45,7 @@ from mqbench.schemes import QuantScheme
 
 INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool",
                          "QLinearAveragePool", "QLinearConcat", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
-                         "MatMulInteger", "ConvInteger", "QuantizeLinear", "DequantizeLinear"})
+                         "MatMulInteger", "ConvInteger"})
 # Operators that do arithmetic: one of these left in float means the integer kernels were not used there.
 COMPUTE_OPS = frozenset({"Conv", "Gemm", "MatMul", "Add", "GlobalAveragePool", "AveragePool", "Mul", "FusedConv",
                          "FusedGemm", "FusedMatMul"})
@@ -87,7 +87,7 @@ class _Graph:
     def __init__(self, model: Any) -> None:
         from onnx import numpy_helper
 
-        self.model, self.graph = model, model.graph
+        self.graph = model.graph
         self.consts: dict[str, np.ndarray] = {init.name: numpy_helper.to_array(init) for init in self.graph.initializer}
         for node in self.graph.node:
             if node.op_type == "Constant":
@@ -251,7 +251,7 @@ def integer_op_summary(model: Any, threads: int = 1) -> dict[str, Any]:
     ops = Counter(node.op_type for node in optimized.graph.node)
     float_ops = {op: n for op, n in sorted(ops.items()) if op in COMPUTE_OPS}
     return {"ops": dict(sorted(ops.items())), "float_compute_ops": float_ops,
-            "integer_ops": sum(n for op, n in ops.items() if op in INTEGER_OPS and not op.endswith("Linear"))}
+            "integer_ops": sum(n for op, n in ops.items() if op in INTEGER_OPS)}
 
 
 class OnnxModel:

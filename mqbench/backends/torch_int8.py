@@ -46,7 +46,7 @@ from mqbench.quant.qsim import Placement, QuantConv2d, Quantizer, QuantLinear, Q
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
 
-ENGINES = {"fbgemm": "fbgemm", "x86": "x86", "qnnpack": "qnnpack", "onednn": "onednn"}
+ENGINES = ("fbgemm", "x86", "qnnpack", "onednn")
 _POOLS = (nn.AdaptiveAvgPool2d, nn.AvgPool2d)
 
 

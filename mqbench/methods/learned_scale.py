@@ -131,16 +131,12 @@ def learn_scale(data: LayerData, method: str, config: LearnedScaleConfig,
 
         def scale_of(p: torch.Tensor) -> torch.Tensor:
             return s0 * p
-    elif isinstance(config, TQTConfig) and config.rounding == "msqe":
+    else:  # tqt: the log2 threshold
         param = nn.Parameter(torch.log2(s0) + (bits - 1))
+        msqe_rounding = isinstance(config, TQTConfig) and config.rounding == "msqe"
 
         def scale_of(p: torch.Tensor) -> torch.Tensor:
-            return msqe_rounded_scale(p, data.weight, bits, qmin, qmax)
-    else:
-        param = nn.Parameter(torch.log2(s0) + (bits - 1))
-
-        def scale_of(p: torch.Tensor) -> torch.Tensor:
-            return tqt_scale(p, bits)
+            return msqe_rounded_scale(p, data.weight, bits, qmin, qmax) if msqe_rounding else tqt_scale(p, bits)
 
     def quantized(p: torch.Tensor) -> torch.Tensor:
         return lsq_quantize(data.weight, scale_of(p), qmin, qmax, grad_scale if method == "lsq" else 1.0)

@@ -110,10 +110,10 @@ def gradient_second_moments(qsim: QuantSim, calib: Split, images: int, batch_siz
     return {name: total / max(count, 1) for name, total in zip(names, sums, strict=True)}
 
 
-def error_weights(weight_rows: torch.Tensor, moment_rows: torch.Tensor | None, sigma: float) -> torch.Tensor:
+def error_weights(mask: torch.Tensor, moment_rows: torch.Tensor | None) -> torch.Tensor:
     """How much each weight's squared error counts, per row: ``sqrt(E[g^2])`` (or 1) times the outlier
-    mask; a row left with no weight at all (a dead channel) counts every weight equally."""
-    weights = outlier_mask(weight_rows, sigma)
+    ``mask``; a row left with no weight at all (a dead channel) counts every weight equally."""
+    weights = mask
     if moment_rows is not None:
         weights = weights * moment_rows.sqrt()
     empty = weights.sum(1, keepdim=True) <= 0
@@ -148,8 +148,9 @@ class MSQE(RangeEstimator):
             weight = qsim.layer_weight(name).detach()
             rows = channel_rows(weight, quantizer.axis)
             moment_rows = channel_rows(moments[name], quantizer.axis) if name in moments else None
-            counts = error_weights(rows, moment_rows, config.outlier_sigma)
-            masked += int((outlier_mask(rows, config.outlier_sigma) == 0).sum())
+            mask = outlier_mask(rows, config.outlier_sigma)
+            counts = error_weights(mask, moment_rows)
+            masked += int((mask == 0).sum())
             total += rows.numel()
             lo, hi = self.estimate(quantizer, config)(rows, counts)
             if quantizer.axis is None:

@@ -107,7 +107,7 @@ def test_outlier_mask_lets_the_bulk_choose_the_scale() -> None:
     for outlier in (2.0, 20.0):
         w = torch.cat([bulk, torch.tensor([[outlier]])], 1)
         plain = msqe_scale(w, torch.ones_like(w), grid)
-        masked = msqe_scale(w, error_weights(w, None, 2.0), grid)
+        masked = msqe_scale(w, error_weights(outlier_mask(w, 2.0), None), grid)
         assert float(masked) < float(plain)
         assert float(_sqe(bulk, masked, grid)) < 0.5 * float(_sqe(bulk, plain, grid))
         scales.append(float(masked))
@@ -117,7 +117,7 @@ def test_outlier_mask_lets_the_bulk_choose_the_scale() -> None:
 def test_error_weights_combine_moments_and_mask_and_never_empty_a_row() -> None:
     w = torch.tensor([[0.1, -0.2, 0.15, 5.0], [0.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
     moments = torch.tensor([[4.0, 1.0, 0.0, 9.0], [1.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0]])
-    weights = error_weights(w, moments, 1.0)
+    weights = error_weights(outlier_mask(w, 1.0), moments)
     assert torch.equal(weights[0], torch.tensor([2.0, 1.0, 0.0, 0.0]))  # sqrt(E g^2), outlier masked
     assert torch.equal(weights[1], torch.ones(4))  # all-zero channel: every |w| <= 0 is kept
     assert torch.equal(weights[2], torch.ones(4))  # zero gradients everywhere: counted equally, not dropped

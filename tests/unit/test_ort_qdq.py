@@ -53,8 +53,8 @@ def test_every_layer_runs_an_integer_kernel_and_agrees_with_the_simulation(schem
         simulated = qsim(x)
     deployed = OnnxModel(lambda e: export_qdq(qsim, e), threads=1)(x)
     result = agreement(simulated, deployed)
-    # Measured: 64/64 images agree, SQNR 23 dB on this random net (the runtime requantizes with its own
-    # fixed-point multipliers: one-step differences that a random net amplifies more than a trained one).
+    # Measured: 64/64 images agree, logit SQNR 43.7 dB (w8a8-pc) / 53.6 dB (w8a8-pt) on this random net (the
+    # runtime requantizes with its own multiplier: one-step differences at ties, amplified layer by layer).
     assert result["top1_agreement"] >= 0.95, result
     assert result["logit_sqnr_db"] is not None and result["logit_sqnr_db"] > 15, result
 
