@@ -20,6 +20,7 @@ from rich.table import Table
 from mqbench import __version__
 from mqbench.data.paths import DATA_ENV
 from mqbench.errors import UsageError
+from mqbench.metrics.latency import LatencySettings
 from mqbench.plugins import DISABLE_ENV, Plugins, get_plugins
 from mqbench.progress import Reporter, make_progress
 from mqbench.report import leaderboard
@@ -123,7 +124,11 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     store = Store(_results_dir(args))
     store.ensure_writable()
     progress = make_progress(enabled=not args.quiet)
-    ws = runner.Workspace(plugins, Reporter(progress), batch_size=args.batch_size)
+    try:
+        timing = None if args.no_latency else LatencySettings(min_runs=args.latency_runs, min_time_s=args.latency_time)
+    except ValueError as exc:
+        raise UsageError(f"--latency-runs / --latency-time: {exc}") from None
+    ws = runner.Workspace(plugins, Reporter(progress), batch_size=args.batch_size, latency=timing)
 
     def report(record: dict[str, Any]) -> None:
         c = record["config"]
@@ -217,6 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=int, metavar="N", help="evaluate on the first N test images only")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="evaluation batch size (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no final table")
+    p.add_argument("--no-latency", action="store_true",
+                   help="skip the latency measurement of real-kernel backends (by default each such cell times "
+                        "the deployed and the float model at batch 1 and 32, with 1 thread and every core)")
+    p.add_argument("--latency-runs", type=int, default=20, metavar="N",
+                   help="latency: at least N timed calls per setting, after 3 warm-up calls (default 20)")
+    p.add_argument("--latency-time", type=float, default=2.0, metavar="S",
+                   help="latency: and at least S seconds of timed calls per setting (default 2)")
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("leaderboard", help="render the leaderboard from stored records",

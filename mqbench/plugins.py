@@ -54,6 +54,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.backends.simulated",
     "mqbench.backends.ort_qdq",
     "mqbench.backends.torch_int8",
+    "mqbench.backends.null",
     "mqbench.metrics.accuracy",
     "mqbench.suites",
 )

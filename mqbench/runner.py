@@ -41,6 +41,7 @@ from mqbench.errors import UsageError
 from mqbench.methods import STAGE_ORDER, Method, MethodConfig, StepContext
 from mqbench.metrics import Evaluation
 from mqbench.metrics.accuracy import agreement
+from mqbench.metrics.latency import LatencySettings, measure_cell
 from mqbench.models.weights import load_into, resolve_weights
 from mqbench.plugins import Plugins
 from mqbench.progress import SILENT, Reporter
@@ -251,10 +252,12 @@ def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines
 class Workspace:
     """Per-process caches shared by the cells of a run: decoded splits and float weights."""
 
-    def __init__(self, plugins: Plugins, reporter: Reporter = SILENT, batch_size: int = 256) -> None:
+    def __init__(self, plugins: Plugins, reporter: Reporter = SILENT, batch_size: int = 256,
+                 latency: LatencySettings | None = None) -> None:
         self.plugins = plugins
         self.reporter = reporter
         self.batch_size = batch_size
+        self.latency = latency  # None: no latency measurement (mqbench run measures it unless --no-latency)
         self._splits: dict[tuple[str, str, int | None, str], Split] = {}
         self._weights: dict[tuple[str, str], Any] = {}
 
@@ -388,6 +391,11 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             record["agreement"] = agreement(evaluations["sim"].logits, evaluations["deployed"].logits)
         if deployed is not None and hasattr(deployed, "deployment_info"):
             record["deployment"] = deployed.deployment_info()
+        if ws.latency is not None and deployed is not None and not backend.simulation_only:
+            with timer("latency"):
+                float_model = None if scheme.is_float else backend.deploy_float(model)
+                images = next(iter(evalset.batches(max(ws.latency.batch_sizes))))[0]
+                record["latency"] = measure_cell(deployed, float_model, images, ws.latency, ws.reporter)
         if ctx.notes:
             record["method_notes"] = ctx.notes
         with timer("metrics"):

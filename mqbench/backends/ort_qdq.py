@@ -274,6 +274,17 @@ class OnnxModel:
         out = session.run(None, {"input": inputs.detach().float().contiguous().numpy()})[0]
         return torch.from_numpy(out)
 
+    def with_threads(self, threads: int) -> OnnxModel:
+        """The same exported models in sessions with ``threads`` intra-op threads (for latency)."""
+        clone = OnnxModel(self.build, threads)
+        clone.models = self.models
+        return clone
+
+    def size_bytes(self) -> int:
+        """The serialised ONNX model's size (the first input shape exported)."""
+        if not self.models:
+            raise RuntimeError("the ONNX model is exported on its first call: call it before asking its size")
+        return next(iter(self.models.values())).ByteSize()
 
     def deployment_info(self) -> dict[str, Any]:
         """For each input shape exported: the operators ONNX Runtime ran after optimisation."""

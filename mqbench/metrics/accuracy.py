@@ -29,10 +29,21 @@ def wilson_interval(successes: int, n: int, z: float = Z95) -> tuple[float, floa
     return max(0.0, centre - half), min(1.0, centre + half)
 
 
+def label_rank(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Int64 (N,): the label's rank among the classes (0 = predicted), equal logits ordered by class index,
+    the same rule as ``argmax`` (first maximal index). Quantized logits tie often (two classes on the same
+    output code), so a rule that ``topk`` leaves to the implementation would make a model's top-1 disagree
+    with its own predictions."""
+    label_logit = logits.gather(1, labels.view(-1, 1))
+    classes = torch.arange(logits.shape[1], device=logits.device).view(1, -1)
+    ahead = (logits > label_logit) | ((logits == label_logit) & (classes < labels.view(-1, 1)))
+    return ahead.sum(dim=1)
+
+
 def topk_correct(logits: torch.Tensor, labels: torch.Tensor, k: int) -> torch.Tensor:
-    """Boolean (N,): whether the label is among the ``k`` highest logits."""
-    k = min(k, logits.shape[1])
-    return (logits.topk(k, dim=1).indices == labels.view(-1, 1)).any(dim=1)
+    """Boolean (N,): whether the label is among the ``k`` highest logits (ties by class index, as
+    :func:`label_rank`; for k=1 exactly ``logits.argmax(1) == labels``)."""
+    return label_rank(logits, labels) < k
 
 
 def pack_bits(correct: torch.Tensor) -> str:

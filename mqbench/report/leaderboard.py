@@ -30,7 +30,9 @@ from mqbench.store import LoadResult
 
 FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme", "seed", "status", "evaluated",
           "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "p_vs_fp32", "p_vs_best",
-          "best_in_scheme", "sim_top1", "agreement", "logit_sqnr_db", "method_s", "note", "record")
+          "best_in_scheme", "sim_top1", "agreement", "logit_sqnr_db", "method_s", "note", "record",
+          "lat_b1_t1_ms", "lat_b1_tall_ms", "ips_b32_t1", "ips_b32_tall", "float_ips_b32_tall", "speedup_b32_tall",
+          "size_bytes", "cores")
 METHOD_STAGES = ("transform:", "calibrate:", "refine:")
 ALPHA = 0.05
 
@@ -53,6 +55,23 @@ def _accuracy(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None
 
 def _group_key(row: dict[str, Any]) -> tuple[Any, ...]:
     return (row["dataset"], row["model"], row["weights"], row["seed"], row["n_config"])
+
+
+def _latency_fields(record: dict[str, Any]) -> dict[str, Any]:
+    """The latency figures a table shows: median ms at batch 1, images/s at batch 32, with 1 thread and with
+    every core, the float model's images/s and the speedup at batch 32 on every core, the model size."""
+    lat = record.get("latency") or {}
+    cores = lat.get("cores")
+    dep, flt = lat.get("deployed") or {}, lat.get("float") or {}
+
+    def get(table: dict[str, Any], batch: int, threads: Any, field: str) -> Any:
+        return (table.get(f"batch{batch}_threads{threads}") or {}).get(field)
+
+    return {"lat_b1_t1_ms": get(dep, 1, 1, "median_ms"), "lat_b1_tall_ms": get(dep, 1, cores, "median_ms"),
+            "ips_b32_t1": get(dep, 32, 1, "images_per_s"), "ips_b32_tall": get(dep, 32, cores, "images_per_s"),
+            "float_ips_b32_tall": get(flt, 32, cores, "images_per_s"),
+            "speedup_b32_tall": (lat.get("speedup") or {}).get(f"batch32_threads{cores}"),
+            "size_bytes": (lat.get("size_bytes") or {}).get("deployed"), "cores": cores}
 
 
 def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -79,6 +98,8 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             "logit_sqnr_db": (r.get("agreement") or {}).get("logit_sqnr_db"),
             "record": Path(r.get("_path", "")).name, "n_config": c.get("eval_limit"),
             "_images": ((r.get("data") or {}).get("eval") or {}).get("fingerprint"), "_outcomes": None,
+            "_harness_only": bool(((r.get("plugins") or {}).get("backend") or {}).get("info", {}).get("harness_only")),
+            **_latency_fields(r),
         }
         if acc:
             row.update(top1=acc["top1"]["value"], top1_lo=acc["top1"]["ci95"][0], top1_hi=acc["top1"]["ci95"][1],
@@ -92,7 +113,7 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     best: dict[tuple[Any, ...], dict[str, Any]] = {}
     for row in rows:
         key = (*_group_key(row), row["scheme"])
-        if row["top1"] is not None and (key not in best or row["top1"] > best[key]["top1"]):
+        if row["top1"] is not None and not row["_harness_only"] and (key not in best or row["top1"] > best[key]["top1"]):
             best[key] = row
     for row in rows:
         ref = refs.get(_group_key(row))
@@ -101,7 +122,7 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             if row is not ref:
                 row["p_vs_fp32"] = _paired_p(row, ref)
         leader = best.get((*_group_key(row), row["scheme"]))
-        if leader is not None and row["top1"] is not None and row["scheme"] != "fp32":
+        if leader is not None and row["top1"] is not None and row["scheme"] != "fp32" and not row["_harness_only"]:
             if leader is row:
                 row["best_in_scheme"] = True
             else:
@@ -109,7 +130,7 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     rows.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), str(r["weights"]), r["pipeline"] != "fp32",
                              str(r["pipeline"]), str(r["scheme"]), str(r["backend"]), r["seed"] or 0))
     for row in rows:
-        del row["n_config"], row["_images"], row["_outcomes"]
+        del row["n_config"], row["_images"], row["_outcomes"], row["_harness_only"]
     return rows
 
 
@@ -184,6 +205,29 @@ LEGEND = ("`*` after Δ: differs from fp32 at 95% (two-sided exact McNemar test 
           "top-1 is the deployed model's; `sim top-1`: the QuantSim's on the same images; `agree %`: images whose "
           "simulated and deployed top-1 class match.")
 
+LATENCY_LEGEND = ("Latency: median over at least 20 calls and 2 s after warm-up (the record has quartiles); "
+                  "`b1 ms`: one image; `b32 img/s`: throughput at batch 32; `1t` one thread, `Nt` every core of "
+                  "the machine; `float`: the unquantized model on the same runtime; `speedup`: float / int8 "
+                  "median at batch 32 on every core; `MB`: the deployed model's size.")
+
+
+def _latency_header(group: Sequence[dict[str, Any]]) -> list[str]:
+    n = next((r["cores"] for r in group if r["cores"]), "N")
+    return ["pipeline", "scheme", "backend", "b1 ms 1t", f"b1 ms {n}t", "b32 img/s 1t", f"b32 img/s {n}t",
+            f"float b32 img/s {n}t", "speedup", "MB"]
+
+
+def _latency_rows(group: Sequence[dict[str, Any]]) -> list[list[str]]:
+    def num(v: float | None, fmt: str) -> str:
+        return "" if v is None else format(v, fmt)
+
+    return [[r["pipeline"], r["scheme"], r["backend"], num(r["lat_b1_t1_ms"], ".2f"), num(r["lat_b1_tall_ms"], ".2f"),
+             num(r["ips_b32_t1"], ".0f"), num(r["ips_b32_tall"], ".0f"), num(r["float_ips_b32_tall"], ".0f"),
+             num(r["speedup_b32_tall"], ".2f") + ("x" if r["speedup_b32_tall"] is not None else ""),
+             num(None if r["size_bytes"] is None else r["size_bytes"] / 1e6, ".2f")]
+            for r in group if r["lat_b1_t1_ms"] is not None or r["ips_b32_tall"] is not None]
+
+
 STATUS_TEXT = {"ok": "", "failed": "FAILED", "skipped": "skipped"}
 
 
@@ -203,8 +247,17 @@ def render_markdown(loaded: LoadResult) -> str:
                          f"| {_sig(r)} | {_vs_best(r)} | {r['n'] or ''} | {_pct(r['sim_top1'])} | {_pct(r['agreement'])} "
                          f"| {_seconds(r['method_s'])} | {status.strip()} |")
         lines.append("")
+        latency = _latency_rows(group)
+        if latency:
+            header = _latency_header(group)
+            lines += [f"Latency of {model} ({weights}):", "", "| " + " | ".join(header) + " |",
+                      "|" + "---|" * len(header)]
+            lines += ["| " + " | ".join(cells) + " |" for cells in latency]
+            lines.append("")
     if rows:
         lines += [LEGEND, ""]
+    if any(r["lat_b1_t1_ms"] is not None or r["ips_b32_tall"] is not None for r in rows):
+        lines += [LATENCY_LEGEND, ""]
     prov = _provenance_line(loaded.records)
     if prov:
         lines += [prov, ""]
@@ -246,6 +299,14 @@ def print_rich(loaded: LoadResult, console: Console) -> None:
                           _sig(r), _vs_best(r), str(r["n"] or ""), _pct(r["sim_top1"]), _pct(r["agreement"]),
                           _seconds(r["method_s"]), status.strip(), style=style)
         console.print(table)
+        latency = _latency_rows(group)
+        if latency:
+            lat_table = Table(title=f"latency of {model} ({weights})", title_justify="left")
+            for i, col in enumerate(_latency_header(group)):
+                lat_table.add_column(col, justify="left" if i < 3 else "right")
+            for cells in latency:
+                lat_table.add_row(*cells)
+            console.print(lat_table)
     prov = _provenance_line(loaded.records)
     if prov:
         console.print(prov, style="dim")

@@ -33,6 +33,20 @@ def test_topk_and_metric() -> None:
     assert lo < 1 / 3 < hi
 
 
+@settings(max_examples=100, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 3), min_size=5, max_size=5), min_size=1, max_size=20),
+       st.data())
+def test_tied_logits_rank_by_class_index_so_top1_is_argmax(rows: list[list[int]], data: st.DataObject) -> None:
+    # Few distinct values: ties everywhere, as on quantized logits.
+    logits = torch.tensor(rows, dtype=torch.float32)
+    labels = torch.tensor(data.draw(st.lists(st.integers(0, 4), min_size=len(rows), max_size=len(rows))))
+    assert topk_correct(logits, labels, 1).tolist() == (logits.argmax(1) == labels).tolist()
+    for k in (2, 3):
+        for row, label, hit in zip(rows, labels.tolist(), topk_correct(logits, labels, k).tolist(), strict=True):
+            order = sorted(range(5), key=lambda c: (-row[c], c))  # stable: equal logits by class index
+            assert hit == (label in order[:k])
+
+
 @settings(max_examples=50, deadline=None)
 @given(st.lists(st.booleans(), min_size=0, max_size=40))
 def test_outcome_bits_round_trip(outcomes: list[bool]) -> None:

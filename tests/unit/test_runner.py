@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
 
 from mqbench import runner
 from mqbench.errors import UnknownNameError, UsageError
+from mqbench.metrics.latency import LatencySettings
 from mqbench.plugins import BUILTIN_PLUGINS, Plugins
+from mqbench.report import leaderboard
 from mqbench.store import Store
 from mqbench.suites import QUICK
 
@@ -128,8 +131,10 @@ def test_real_kernel_cells_store_agreement_and_the_kernels_that_ran(plugins: Plu
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
     cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax"],
-                          backends=["ort-qdq", "torch-x86"], schemes=["w8a8-pc", "w4a8-pc"], eval_limit=200)
-    summary = runner.run(cells, Store(tmp_path / "results"), runner.Workspace(plugins))
+                          backends=["ort-qdq", "torch-x86", "null"], schemes=["w8a8-pc", "w4a8-pc"], eval_limit=200)
+    fast = LatencySettings(min_runs=3, min_time_s=0.0, warmup_runs=1)
+    store = Store(tmp_path / "results")
+    summary = runner.run(cells, store, runner.Workspace(plugins, latency=fast))
     by = {(r["config"]["backend"], r["config"]["scheme"]): r for r in summary.records}
     for backend in ("ort-qdq", "torch-x86"):
         ok = by[(backend, "w8a8-pc")]
@@ -141,6 +146,21 @@ def test_real_kernel_cells_store_agreement_and_the_kernels_that_ran(plugins: Plu
     assert by[("ort-qdq", "w8a8-pc")]["deployment"]  # the operators ONNX Runtime ran, per input shape
     summary_ops = next(iter(by[("ort-qdq", "w8a8-pc")]["deployment"].values()))
     assert summary_ops["float_compute_ops"] == {} and summary_ops["ops"].get("QLinearConv", 0) > 0
+    cores = len(os.sched_getaffinity(0))
+    for backend in ("ort-qdq", "torch-x86", "null"):
+        latency = by[(backend, "w8a8-pc")]["latency"]
+        assert set(latency["deployed"]) == set(latency["float"]) == {
+            f"batch{b}_threads{t}" for b in (1, 32) for t in (1, cores)}
+        assert all(v["runs"] >= 3 and v["median_ms"] > 0 for v in latency["deployed"].values())
+        assert set(latency["speedup"]) == set(latency["deployed"])
+    sizes = by[("ort-qdq", "w8a8-pc")]["latency"]["size_bytes"]
+    assert sizes["deployed"] > 0 and sizes["float"] > 0  # the serialised ONNX models (a tiny net: mostly graph)
+    null = by[("null", "w8a8-pc")]  # the harness on its own: constant class-0 predictions
+    labels = [int(y) for _, ys in runner.Workspace(plugins).split("synthetic", "test", 200).batches(200) for y in ys]
+    assert null["metrics"]["deployed"]["accuracy"]["top1"]["correct"] == labels.count(0)
+    rows = {r["backend"]: r for r in leaderboard.rows_from_records(store.load().records) if r["scheme"] == "w8a8-pc"}
+    assert rows["null"]["p_vs_best"] is None and not rows["null"]["best_in_scheme"]  # not ranked with real rows
+    assert rows["ort-qdq"]["ips_b32_tall"] > 0 and rows["ort-qdq"]["size_bytes"] == sizes["deployed"]
 
 
 def test_a_backend_whose_runtime_is_missing_is_reported_and_its_cells_skipped(
