@@ -52,9 +52,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.methods.learned_scale",
     "mqbench.methods.adaround",
     "mqbench.backends.simulated",
-    "mqbench.backends.ort_qdq",
+    "mqbench.backends.ort_int8",
     "mqbench.backends.torch_int8",
     "mqbench.backends.null",
+    "mqbench.backends.ort_default",
+    "mqbench.backends.torch_default",
     "mqbench.metrics.accuracy",
     "mqbench.suites",
 )

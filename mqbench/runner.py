@@ -339,6 +339,8 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             record["status"], record["skip_reason"] = "skipped", f"backend {backend.name} is unavailable: {missing}"
             return record
         reason = backend.check_scheme(scheme) if not scheme.is_float else None
+        if not reason and backend.calibrates_itself and not scheme.is_float:
+            reason = backend.check_pipeline(cell.pipeline)
         if reason:
             record["status"], record["skip_reason"] = "skipped", f"backend {backend.name} cannot run {scheme.name}: {reason}"
             return record
@@ -366,6 +368,12 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             with timer("evaluate"):
                 evaluations["sim" if backend.simulation_only else "deployed"] = evaluate(
                     deployed, evalset, ws.batch_size, ws.reporter)
+        elif backend.calibrates_itself:  # a peer row: the runtime's own quantizer, no QuantSim
+            with timer(f"calibrate:{backend.name}"):
+                deployed = backend.quantize(model, scheme, calib, cell.pipeline, ws.reporter)
+            with timer("evaluate_deployed"):
+                evaluations["deployed"] = evaluate(deployed, evalset, ws.batch_size, ws.reporter,
+                                                   "evaluating (deployed)")
         else:
             with timer("prepare"):
                 qsim = backend.prepare(model, scheme)

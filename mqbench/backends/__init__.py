@@ -14,6 +14,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mqbench.data import Split
+from mqbench.progress import Reporter
 from mqbench.quant.qsim import QuantSim
 from mqbench.schemes import QuantScheme
 
@@ -27,6 +29,8 @@ class Backend:
     description: str = ""
     version: str = "1"
     simulation_only: bool = False  # True: ``convert`` returns the QuantSim itself (nothing else to measure)
+    # True for a peer row: the runtime's own quantizer chooses every qparam (:meth:`quantize`); no QuantSim.
+    calibrates_itself: bool = False
 
     def unavailable(self) -> str | None:
         """Why this backend cannot run on this machine (its runtime is not installed, ...), or None.
@@ -44,6 +48,17 @@ class Backend:
         raise NotImplementedError
 
     def deploy_float(self, model: nn.Module) -> Deployed:
+        raise NotImplementedError
+
+    def check_pipeline(self, pipeline: str) -> str | None:
+        """For a backend that calibrates itself: None if it can run ``pipeline`` (a pipeline name such as
+        ``minmax``, naming the calibration it maps to), otherwise why not (the cell is recorded as skipped)."""
+        return None
+
+    def quantize(self, model: nn.Module, scheme: QuantScheme, calib: Split, pipeline: str,
+                 reporter: Reporter) -> Deployed:
+        """For a backend that calibrates itself: quantize the float ``model`` with the runtime's own tool on
+        the calibration images ``calib`` and return the deployed model (its time is the calibration time)."""
         raise NotImplementedError
 
     def info(self) -> dict[str, Any]:

@@ -165,10 +165,10 @@ def test_real_kernel_cells_store_agreement_and_the_kernels_that_ran(plugins: Plu
 
 def test_a_backend_whose_runtime_is_missing_is_reported_and_its_cells_skipped(
         plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mqbench.backends import ort_qdq
+    from mqbench.backends import ort_int8
 
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setattr(ort_qdq, "_missing_runtime", lambda: "onnxruntime is not installed (pip install onnxruntime)")
+    monkeypatch.setattr(ort_int8, "_missing_runtime", lambda: "onnxruntime is not installed (pip install onnxruntime)")
     cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax"], backends=["ort-qdq"],
                           schemes=["w8a8-pc"], eval_limit=50)
     record = runner.run(cells, Store(tmp_path / "results"), runner.Workspace(plugins)).records[0]

@@ -18,7 +18,7 @@ from mqbench.quant import functional as Q
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import QuantConv2d, QuantSim
 from mqbench.schemes import parse_scheme
-from tests.unit.test_ort_qdq import _trained_like
+from tests.unit.test_ort_int8 import _trained_like
 
 ENGINES = [e for e in ("fbgemm", "x86", "qnnpack", "onednn") if e in torch.backends.quantized.supported_engines]
 
@@ -118,3 +118,32 @@ def test_each_engine_adds_the_bias_as_its_quantsim_assumes(engine: str) -> None:
     qsim = TorchInt8(engine).prepare(nn.Sequential(nn.Conv2d(16, 8, 1)).eval(), parse_scheme("w8a8-pc"))
     assumes_int32 = qsim.model.get_submodule("0").input_quantizer is not None
     assert torch.equal(out, int32_bias if assumes_int32 else float_bias), engine
+
+
+def test_torch_default_runs_torch_ao_default_qconfig_with_reduce_range_as_the_scheme_says() -> None:
+    from mqbench.backends.torch_default import TorchDefault
+    from mqbench.models.builtin import quick_cnn
+    from mqbench.progress import SILENT
+
+    torch.manual_seed(0)
+    # ReLU, not ReLU6: torch.ao quantizes a conv's output before a ReLU6 (it fuses only ReLU), at the range of
+    # the pre-activation, which on this random net's exploding pre-activations leaves nothing of the signal.
+    model = _trained_like(quick_cnn(10))
+    calib = generate(0, "calib", 64)
+    backend = TorchDefault()
+    assert "w8a8-pc-rr" in str(backend.check_scheme(parse_scheme("w8a8-pt")))
+    assert backend.check_pipeline("mse") is None and backend.check_pipeline("entropy") is not None
+    x = calib.normalize(calib.images)
+    with torch.no_grad():
+        reference = model(x)
+    scales = {}
+    for scheme in ("w8a8-pc-rr", "w8a8-pc"):
+        for calibration in ("mse", "minmax"):
+            deployed = backend.quantize(model, parse_scheme(scheme), calib, calibration, SILENT)
+            assert any(type(m).__name__ == "ConvReLU2d" for m in deployed.module.modules())  # fused int8 kernels
+            assert agreement(reference, deployed(x))["top1_agreement"] >= 0.8
+            scales[scheme, calibration] = {n: float(b) for n, b in deployed.module.named_buffers()
+                                           if n.endswith("input_scale_0")}
+    # MinMax ranges are the same with and without reduce_range: the 7-bit grid has 127 steps for 255.
+    for name, scale in scales["w8a8-pc-rr", "minmax"].items():
+        assert scale / scales["w8a8-pc", "minmax"][name] == pytest.approx(255 / 127, rel=1e-4)

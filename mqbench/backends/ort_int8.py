@@ -1,4 +1,5 @@
-"""``ort-qdq``: the QuantSim exported to ONNX in QDQ form and run by ONNX Runtime's CPU integer kernels.
+"""``ort-qdq`` and ``ort-qoperator``: the QuantSim exported to ONNX (QDQ form, or QLinear operators) and
+run by ONNX Runtime's CPU integer kernels.
 
 Export (:func:`export_qdq`): the QuantSim in inference mode computes every fake-quantizer with
 ``torch.fake_quantize_per_{tensor,channel}_affine``, which torch's TorchScript ONNX exporter writes as
@@ -16,6 +17,11 @@ QDQ format), so its graph optimizer can fuse each ``DQ -> op -> Q`` group into o
 * pass-through ops between a ``DequantizeLinear`` and the op it feeds (``Flatten`` before the
   classifier, the zero ``Pad`` of TensorFlow "SAME" padding) run on the integer tensor, the
   ``DequantizeLinear`` moved after them (a ``Pad`` then pads with the zero point, the image of 0).
+
+``ort-qoperator`` (:func:`to_qoperator`) writes the same graph as QLinear operators: ONNX Runtime's graph
+optimizer fuses each group (extended level) and the fused graph is saved and checked to hold only
+QLinear operators between the input's ``QuantizeLinear`` and the logits' ``DequantizeLinear``; the
+two backends run the same kernels, so they must agree exactly (a test checks it).
 
 :func:`integer_op_summary` reads the graph ONNX Runtime actually optimised and counts the operators
 that ran in float, so a record says whether the integer kernels were really used. The torch ONNX
@@ -209,6 +215,37 @@ class _Graph:
         _topological_sort(self.graph)
 
 
+QOPERATOR_BOUNDARY = {"QuantizeLinear": 1, "DequantizeLinear": 1}  # the input's Q and the logits' DQ
+
+
+def to_qoperator(qdq_model: Any) -> Any:
+    """The QDQ model in QOperator form: every ``DQ -> op -> Q`` group one QLinear operator (``QLinearConv``,
+    ``QLinearAdd``, ``QGemm``, ``QLinearGlobalAveragePool``) with the same scales, zero points and integer
+    weights and biases, as ONNX Runtime's own graph optimizer fuses them (extended level, saved before the
+    CPU-specific layout changes). Raises ValueError naming any operator that was not turned into a QLinear
+    one (a float operator or a Q/DQ pair left inside the graph)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "qoperator.onnx")
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        options.optimized_model_filepath = path
+        options.log_severity_level = 3
+        ort.InferenceSession(qdq_model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        model = onnx.load(path)
+    ops = Counter(node.op_type for node in model.graph.node)
+    left = {op: n for op, n in ops.items() if op in COMPUTE_OPS or n > QOPERATOR_BOUNDARY.get(op, n)}
+    if left:
+        nodes = sorted((n for n in model.graph.node if n.op_type in left), key=lambda n: n.op_type not in COMPUTE_OPS)
+        names = [f"{node.op_type} {node.name}".strip() for node in nodes][:5]  # float arithmetic first
+        raise ValueError(f"the QDQ graph has operators ONNX Runtime could not turn into QLinear operators: "
+                         f"{', '.join(names)}")
+    return model
+
+
 def _topological_sort(graph: Any) -> None:
     available = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
     nodes, ordered = list(graph.node), []
@@ -334,7 +371,18 @@ class OrtQDQ(Backend):
         import onnxruntime as ort
 
         return {"runtime": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
-                "threads": self.threads, "isa": cpu_isa(), "opset": OPSET}
+                "threads": self.threads, "isa": cpu_isa(), "opset": OPSET, "format": "QDQ"}
+
+
+class OrtQOperator(OrtQDQ):
+    name = "ort-qoperator"
+    description = "ONNX Runtime CPU int8 kernels, the QuantSim exported as QLinear operators (QOperator format)"
+
+    def convert(self, qsim: QuantSim) -> Deployed:
+        return OnnxModel(lambda example: to_qoperator(export_qdq(qsim, example)), self.threads)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "format": "QOperator"}
 
 
 def _missing_runtime() -> str | None:
@@ -349,6 +397,8 @@ def _missing_runtime() -> str | None:
 @hookimpl
 def mqbench_register_backends(register: Registry[Backend]) -> None:
     register(OrtQDQ())
+    register(OrtQOperator())
 
 
-__all__ = ["OnnxModel", "OrtQDQ", "cpu_isa", "export_onnx", "export_qdq", "integer_op_summary", "make_session"]
+__all__ = ["OnnxModel", "OrtQDQ", "OrtQOperator", "cpu_isa", "export_onnx", "export_qdq", "integer_op_summary",
+           "make_session", "to_qoperator"]

@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch import nn
 
-from mqbench.backends.ort_qdq import OnnxModel, OrtQDQ, export_qdq, integer_op_summary
+from mqbench.backends.ort_int8 import OnnxModel, OrtQDQ, export_qdq, integer_op_summary
 from mqbench.data.synthetic import generate
 from mqbench.metrics.accuracy import agreement
 from mqbench.models.builtin import quick_mobilenet_v1
@@ -110,3 +110,53 @@ def test_schemes_the_runtime_cannot_run_are_refused(scheme: str, reason: str) ->
     message = OrtQDQ().check_scheme(parse_scheme(scheme))
     assert message is not None and reason in message
     assert OrtQDQ().check_scheme(parse_scheme("w8a8-pt")) is None
+
+
+def test_qoperator_form_holds_only_qlinear_operators_and_runs_the_same_kernels_as_qdq() -> None:
+    import onnx
+
+    from mqbench.backends.ort_int8 import to_qoperator
+
+    torch.manual_seed(0)
+    qsim, x = _calibrated(_trained_like(quick_mobilenet_v1(10)), "w8a8-pc")
+    qdq = export_qdq(qsim, x[:1])
+    qop = to_qoperator(qdq)
+    ops = {node.op_type for node in qop.graph.node}
+    assert "QLinearConv" in ops and "QGemm" in ops and not ops & {"Conv", "Gemm", "Add", "Relu", "Clip"}, ops
+    assert sum(n.op_type == "QuantizeLinear" for n in qop.graph.node) == 1  # the input only
+    qdq_out = OnnxModel(lambda e: export_qdq(qsim, e), threads=1)(x)
+    qop_out = OnnxModel(lambda e: to_qoperator(export_qdq(qsim, e)), threads=1)(x)
+    assert torch.equal(qdq_out, qop_out)
+    # A Q/DQ pair the optimizer cannot fuse (around a float Sigmoid) is refused, naming the operator.
+    broken = onnx.helper.make_model(onnx.helper.make_graph(
+        [onnx.helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d"]),
+         onnx.helper.make_node("Sin", ["d"], ["y"])], "g",
+        [onnx.helper.make_tensor_value_info("q", onnx.TensorProto.UINT8, [1, 4])],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 4])],
+        [onnx.numpy_helper.from_array(np.array(0.1, np.float32), "s"),
+         onnx.numpy_helper.from_array(np.array(0, np.uint8), "z")]), opset_imports=[onnx.helper.make_opsetid("", 17)])
+    broken.graph.node.insert(0, onnx.helper.make_node("DequantizeLinear", ["q", "s", "z"], ["d2"]))
+    broken.graph.node.append(onnx.helper.make_node("Add", ["d", "d2"], ["a"]))
+    broken.graph.output.append(onnx.helper.make_tensor_value_info("a", onnx.TensorProto.FLOAT, [1, 4]))
+    with pytest.raises(ValueError, match="could not turn into QLinear operators: Add"):
+        to_qoperator(broken)
+
+
+def test_ort_default_quantizes_with_onnxruntimes_own_tool_on_the_calibration_images() -> None:
+    from mqbench.backends.ort_default import OrtDefault
+    from mqbench.progress import SILENT
+
+    torch.manual_seed(0)
+    model = _trained_like(quick_mobilenet_v1(10))
+    calib = generate(0, "calib", 64)
+    backend = OrtDefault(threads=1)
+    assert backend.check_pipeline("entropy") is None and "not the pipeline 'mse'" in str(backend.check_pipeline("mse"))
+    assert "w8a8" in str(backend.check_scheme(parse_scheme("w4a8-pc")))
+    deployed = backend.quantize(model, parse_scheme("w8a8-pc"), calib, "minmax", SILENT)
+    x = calib.normalize(calib.images)
+    out = deployed(x)
+    summary = deployed.deployment_info()["3x32x32"]
+    assert summary["float_compute_ops"] == {} and summary["ops"]["QLinearConv"] >= 1, summary
+    with torch.no_grad():
+        reference = model(x)
+    assert agreement(reference, out)["top1_agreement"] >= 0.8  # int8 of the float model, not of a QuantSim
