@@ -31,6 +31,7 @@ from mqbench import hookimpl
 from mqbench.backends import Backend, Deployed
 from mqbench.backends.torch_int8 import TorchInt8Model
 from mqbench.data import Split
+from mqbench.models.layers import Conv2dSame, tf_same_pad
 from mqbench.progress import Reporter
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
@@ -55,14 +56,42 @@ def qconfig_mapping(calibration: str, reduce_range: bool) -> Any:
     return mapping
 
 
+def with_static_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
+    """A copy of ``model`` whose TensorFlow "SAME" convolutions (``Conv2dSame``, padding computed from the input
+    size at run time, which torch.ao's tracer cannot trace) are a fixed ``ZeroPad2d`` followed by a plain
+    ``Conv2d``, the padding that ``example``'s input size gives: what a user makes of such a model for torch.ao."""
+    model = copy.deepcopy(model).eval()
+    sizes: dict[str, tuple[int, ...]] = {}
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: sizes.__setitem__(name, tuple(args[0].shape)))
+             for name, m in model.named_modules() if isinstance(m, Conv2dSame)]
+    with torch.no_grad():
+        model(example)
+    for h in hooks:
+        h.remove()
+    for name, shape in sizes.items():
+        same = model.get_submodule(name)
+        assert isinstance(same, Conv2dSame)
+        probe = torch.zeros(shape[:2] + shape[2:])
+        padded = tf_same_pad(probe, same.kernel_size, same.stride, same.dilation)  # type: ignore[arg-type]
+        pad_h, pad_w = padded.shape[2] - shape[2], padded.shape[3] - shape[3]
+        top, left = pad_h // 2, pad_w // 2  # tf_same_pad puts the odd pixel after
+        conv = nn.Conv2d(same.in_channels, same.out_channels, same.kernel_size, same.stride, 0,  # type: ignore[arg-type]
+                         same.dilation, same.groups, same.bias is not None)  # type: ignore[arg-type]
+        conv.load_state_dict(same.state_dict())
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent) if parent else model, attr,
+                nn.Sequential(nn.ZeroPad2d((left, pad_w - left, top, pad_h - top)), conv))
+    return model
+
+
 def quantize_with_torch_ao(model: nn.Module, calib: Split, calibration: str, reduce_range: bool,
                            reporter: Reporter) -> nn.Module:
     """``model`` quantized by torch.ao's FX post-training flow (module docstring)."""
     from torch.ao.quantization.quantize_fx import convert_fx, prepare_fx
 
     torch.backends.quantized.engine = ENGINE
-    float_model = copy.deepcopy(model).eval()
     example = calib.normalize(calib.images[:1])
+    float_model = with_static_padding(model, example)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")  # torch.ao's deprecation notices
         prepared = prepare_fx(float_model, qconfig_mapping(calibration, reduce_range), (example,))

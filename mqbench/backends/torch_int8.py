@@ -313,7 +313,9 @@ class TorchInt8(Backend):
     def prepare(self, model: nn.Module, scheme: QuantScheme) -> QuantSim:
         # fbgemm, x86 and onednn add the float bias after scaling the accumulator; qnnpack rounds it to int32
         # at input x weight scale when packing (tests/unit/test_torch_int8.py checks both on the kernels).
-        return QuantSim.from_float(model, scheme, Placement(int32_bias=self.engine == "qnnpack"))
+        # With -rr, torch's kernels store full 8-bit codes over the 7-bit grid's qparams (full_range_storage).
+        return QuantSim.from_float(model, scheme, Placement(int32_bias=self.engine == "qnnpack",
+                                                            full_range_storage=True))
 
     def convert(self, qsim: QuantSim) -> Deployed:
         torch.backends.quantized.engine = self.engine  # weights are packed for the engine active now

@@ -16,6 +16,8 @@ import torch
 
 from mqbench.progress import SILENT, Reporter
 
+NORMALIZED_CACHE_BYTES = 4 << 30  # a split's normalised float32 images are kept in memory up to this size
+
 
 @dataclass(frozen=True, eq=False)
 class Split:
@@ -49,10 +51,26 @@ class Split:
         std = torch.tensor(self.std).view(1, 3, 1, 1)
         return (images.float() / 255.0 - mean) / std
 
+    @functools.cached_property
+    def _normalized(self) -> torch.Tensor | None:
+        """Every image normalised once, kept for the process's later passes over this split (the evaluation of
+        the simulation and of each backend); None above ``NORMALIZED_CACHE_BYTES`` (then per batch)."""
+        if 4 * self.images.numel() > NORMALIZED_CACHE_BYTES:
+            return None
+        out = torch.empty(self.images.shape, dtype=torch.float32)
+        for start in range(0, len(self), 256):
+            out[start:start + 256] = self.normalize(self.images[start:start + 256])
+        return out
+
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised (inputs, labels) batches in order, normalised one batch at a time."""
+        """Normalised (inputs, labels) batches in order. Each input batch is a fresh tensor (a copy of the
+        split's normalised images, or normalised from the uint8 images for a split too large to keep), so a
+        consumer may modify it in place."""
+        cached = self._normalized
         for start in range(0, len(self), batch_size):
-            yield (self.normalize(self.images[start:start + batch_size]), self.labels[start:start + batch_size])
+            end = start + batch_size
+            inputs = cached[start:end].clone() if cached is not None else self.normalize(self.images[start:end])
+            yield inputs, self.labels[start:end]
 
     @functools.cached_property
     def _digest(self) -> str:

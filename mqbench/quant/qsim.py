@@ -42,11 +42,15 @@ class Quantizer(nn.Module):
     ``observer`` and passes the float tensor through), or ``off`` (identity)."""
 
     def __init__(self, name: str, kind: Literal["weight", "activation"], bits: int, symmetric: bool,
-                 signed: bool, power_of_two: bool, axis: int | None) -> None:
+                 signed: bool, power_of_two: bool, axis: int | None,
+                 saturation: tuple[int, int] | None = None) -> None:
         super().__init__()
         self.name, self.kind = name, kind
         self.bits, self.symmetric, self.signed, self.power_of_two, self.axis = bits, symmetric, signed, power_of_two, axis
-        self.qmin, self.qmax = Q.quant_range(bits, signed)
+        self.qmin, self.qmax = Q.quant_range(bits, signed)  # the grid qparams are chosen for
+        # The codes the runtime's tensor can hold, where values saturate: the grid's own range, except where a
+        # runtime chooses qparams for a reduced grid but stores full 8-bit codes (Placement.full_range_storage).
+        self.saturate_min, self.saturate_max = saturation or (self.qmin, self.qmax)
         self.register_buffer("scale", None)
         self.register_buffer("zero_point", None)
         self.observer: Observer | None = None
@@ -89,13 +93,15 @@ class Quantizer(nn.Module):
             return x
         if self.scale is None or self.zero_point is None:
             raise RuntimeError(f"quantizer {self.name} has no qparams: the pipeline needs a calibrate step")
-        return Q.fake_quantize(x, self.scale, self.zero_point, qmin=self.qmin, qmax=self.qmax, axis=self.axis)
+        return Q.fake_quantize(x, self.scale, self.zero_point, qmin=self.saturate_min, qmax=self.saturate_max,
+                               axis=self.axis)
 
     def export(self) -> dict[str, Any]:
         """JSON-serialisable qparams and settings."""
         return {
             "kind": self.kind, "bits": self.bits, "symmetric": self.symmetric, "signed": self.signed,
             "power_of_two": self.power_of_two, "axis": self.axis, "qmin": self.qmin, "qmax": self.qmax,
+            "saturate_min": self.saturate_min, "saturate_max": self.saturate_max,
             "scale": None if self.scale is None else self.scale.tolist(),
             "zero_point": None if self.zero_point is None else self.zero_point.tolist(),
         }
@@ -191,6 +197,10 @@ class Placement:
     # Biases added as int32 codes at input x weight scale (ONNX Runtime, TFLite); False: added in float
     # after requantization (PyTorch's fbgemm / x86 kernels take a float bias).
     int32_bias: bool = True
+    # With reduce_range (-rr): qparams are chosen for the 7-bit grid either way; True: the runtime still stores
+    # 8-bit codes, so values beyond the calibrated range saturate at 0..255, not 0..127 (PyTorch's quantized
+    # kernels: its observers compute reduce_range qparams, its quint8 tensors and requantization clamp at 255).
+    full_range_storage: bool = False
 
 
 class QuantSim(nn.Module):
@@ -390,11 +400,13 @@ def _insert_activation_quantizers(gm: fx.GraphModule, scheme: QuantScheme, place
     gm.add_module("activation_quantizers", container)
     quantizers: dict[str, Quantizer] = {}
     bits = scheme.effective_act_bits
-    assert bits is not None
+    assert bits is not None and scheme.act_bits is not None
+    storage = Q.quant_range(scheme.act_bits, scheme.act_signed) if placement.full_range_storage else None
     for point in points:
         name = _point_name(point)
         key = name.replace(".", "_")
-        q = Quantizer(name, "activation", bits, scheme.act_symmetric, scheme.act_signed, scheme.power_of_two, None)
+        q = Quantizer(name, "activation", bits, scheme.act_symmetric, scheme.act_signed, scheme.power_of_two, None,
+                      saturation=storage)
         container[key] = q
         quantizers[name] = q
         with gm.graph.inserting_after(point):

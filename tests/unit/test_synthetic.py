@@ -36,3 +36,18 @@ def test_a_linear_classifier_on_pixels_does_poorly() -> None:
         opt.step()
     acc = float((lin(xt).argmax(1) == te.labels).float().mean())
     assert acc < 0.3
+
+
+def test_batches_are_the_normalised_images_and_a_consumer_cannot_corrupt_later_passes(monkeypatch) -> None:
+    import mqbench.data as data
+
+    split = generate(0, "calib", 70)
+    expected = split.normalize(split.images)
+    first = [x for x, _ in split.batches(32)]
+    assert torch.equal(torch.cat(first), expected) and [len(x) for x in first] == [32, 32, 6]
+    for x in first:
+        x.mul_(0)  # a consumer modifying its batch in place
+    assert torch.equal(torch.cat([x for x, _ in split.batches(32)]), expected)
+    monkeypatch.setattr(data, "NORMALIZED_CACHE_BYTES", 0)  # too large to keep: normalised per batch
+    big = generate(0, "calib", 70)
+    assert big._normalized is None and torch.equal(torch.cat([x for x, _ in big.batches(32)]), expected)

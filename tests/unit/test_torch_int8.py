@@ -47,6 +47,29 @@ def test_converted_model_agrees_with_the_simulation(engine: str, scheme: str) ->
     assert result["logit_sqnr_db"] is not None and result["logit_sqnr_db"] > 12, result
 
 
+def test_reduce_range_picks_qparams_on_the_7_bit_grid_and_saturates_at_255_as_torchs_kernels_do() -> None:
+    from mqbench.quant.qsim import Placement
+
+    torch.manual_seed(0)
+    backend = TorchInt8("x86")
+    model = _trained_like(quick_mobilenet_v1(10))
+    qsim, x = _prepared(backend, model, "w8a8-pc-rr")
+    q = next(iter(qsim.act_quantizers.values()))
+    assert (q.qmin, q.qmax, q.saturate_min, q.saturate_max) == (0, 127, 0, 255)
+    strict = QuantSim.from_float(model, parse_scheme("w8a8-pc-rr"), Placement(int32_bias=False))
+    for table, source in ((strict.weight_quantizers, qsim.weight_quantizers), (strict.act_quantizers, qsim.act_quantizers)):
+        for name, quantizer in table.items():  # the same qparams, saturating at 127
+            assert source[name].scale is not None and source[name].zero_point is not None
+            quantizer.set_qparams(source[name].scale, source[name].zero_point)
+    louder = x * 4  # beyond the calibrated ranges, where the two saturations differ
+    deployed = backend.convert(qsim)(louder)
+    with torch.no_grad():
+        full, clipped = qsim(louder), strict.eval()(louder)
+    ok, wrong = agreement(full, deployed), agreement(clipped, deployed)
+    assert ok["logit_sqnr_db"] is not None and wrong["logit_sqnr_db"] is not None
+    assert ok["logit_sqnr_db"] > wrong["logit_sqnr_db"] + 6, (ok, wrong)
+
+
 def test_weights_keep_the_simulations_codes() -> None:
     torch.manual_seed(0)
     qsim, _ = _prepared(TorchInt8("x86"), _trained_like(quick_mobilenet_v1(10)), "w8a8-pc")
