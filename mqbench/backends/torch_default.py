@@ -81,7 +81,7 @@ def with_static_padding(model: nn.Module, example: torch.Tensor) -> nn.Module:
         parent, _, attr = name.rpartition(".")
         setattr(model.get_submodule(parent) if parent else model, attr,
                 nn.Sequential(nn.ZeroPad2d((left, pad_w - left, top, pad_h - top)), conv))
-    return model
+    return model.eval()  # the new modules too (torch.ao fuses conv and BN only when both are in eval mode)
 
 
 def quantize_with_torch_ao(model: nn.Module, calib: Split, calibration: str, reduce_range: bool,

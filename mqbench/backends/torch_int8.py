@@ -257,7 +257,14 @@ def convert_to_torch_int8(qsim: QuantSim) -> fx.GraphModule:
             result = env[node.args[0]]
             graph.output(graph.call_method("dequantize", (result,)))
         elif isinstance(m, Quantizer):
-            raise ValueError(f"activation quantizer {m.name} follows an op torch's quantized kernels do not run")
+            producer = node.args[0]
+            assert isinstance(producer, fx.Node)
+            if producer.op == "call_module":
+                op_name = type(modules[str(producer.target)]).__name__
+            else:
+                op_name = getattr(producer.target, "__name__", str(producer.target))
+            raise ValueError(f"operator {op_name} ({m.name}) has no conversion to torch's quantized kernels here "
+                             "(convs, linears, adds, average pooling and pass-through ops convert)")
         elif node.op == "get_attr":
             raise ValueError(f"{node.name}: constant tensors are not supported by the torch int8 conversion")
         else:  # pass-through ops (flatten, max pooling, padding, reshapes) on the quantized tensor

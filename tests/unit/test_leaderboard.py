@@ -104,3 +104,24 @@ def test_real_kernel_rows_show_the_deployed_accuracy_the_simulated_one_and_their
         "deployed", 0.79, 0.80, 0.996, 31.5)
     md = leaderboard.render_markdown(LoadResult(records=[deployed], problems=[]))
     assert "| minmax | w8a8-pc | ort-qdq | 79.00 [77.00, 81.00] | 95.00 |" in md and "| 80.00 | 99.60 |" in md
+
+
+def test_latency_table_shows_the_records_medians_throughput_speedup_and_size() -> None:
+    r = rec("minmax", "w8a8-pc", 0.78, "2026-01-01T00:00:02")
+    r["config"]["backend"] = "ort-qdq"
+
+    def timing(ms: float, batch: int) -> dict:
+        return {"median_ms": ms, "images_per_s": 1e3 * batch / ms}
+
+    r["latency"] = {"cores": 2, "size_bytes": {"deployed": 3_500_000, "float": 14_000_000},
+                    "deployed": {"batch1_threads1": timing(3.0, 1), "batch1_threads2": timing(2.0, 1),
+                                 "batch32_threads1": timing(100.0, 32), "batch32_threads2": timing(50.0, 32)},
+                    "float": {"batch32_threads2": timing(150.0, 32)}, "speedup": {"batch32_threads2": 3.0}}
+    null = rec("minmax", "w8a8-pc", 0.001, "2026-01-01T00:00:03", h="null")
+    null["config"]["backend"] = "null"
+    null["plugins"] = {"backend": {"info": {"harness_only": True}}}
+    md = leaderboard.render_markdown(LoadResult(records=[r, null], problems=[]))
+    assert "| b1 ms 1t | b1 ms 2t | b32 img/s 1t | b32 img/s 2t | float b32 img/s 2t | speedup | MB |" in md
+    assert "| minmax | w8a8-pc | ort-qdq | 3.00 | 2.00 | 320 | 640 | 213 | 3.00x | 3.50 |" in md
+    rows = {row["backend"]: row for row in leaderboard.rows_from_records([r, null])}
+    assert rows["ort-qdq"]["best_in_scheme"] and rows["null"]["p_vs_best"] is None  # null is never ranked

@@ -170,3 +170,39 @@ def test_torch_default_runs_torch_ao_default_qconfig_with_reduce_range_as_the_sc
     # MinMax ranges are the same with and without reduce_range: the 7-bit grid has 127 steps for 255.
     for name, scale in scales["w8a8-pc-rr", "minmax"].items():
         assert scale / scales["w8a8-pc", "minmax"][name] == pytest.approx(255 / 127, rel=1e-4)
+
+
+def test_an_operator_without_a_quantized_kernel_fails_naming_it() -> None:
+    class Gated(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(torch.sigmoid(self.conv(x)).mean((2, 3)))
+
+    backend = TorchInt8("x86")
+    qsim, _ = _prepared(backend, Gated().eval(), "w8a8-pc")
+    with pytest.raises(ValueError, match=r"operator sigmoid .* has no conversion to torch's quantized kernels"):
+        backend.convert(qsim)
+
+
+def test_torch_default_quantizes_tensorflow_same_padded_models() -> None:
+    from mqbench.backends.torch_default import TorchDefault, with_static_padding
+    from mqbench.progress import SILENT
+
+    torch.manual_seed(0)
+    model = _trained_like(nn.Sequential(Conv2dSame(3, 8, 3, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+                                        Conv2dSame(8, 8, 3, groups=8), nn.BatchNorm2d(8), nn.ReLU(),
+                                        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4)))
+    calib = generate(0, "calib", 64)
+    x = calib.normalize(calib.images)
+    static = with_static_padding(model, x[:1])
+    assert not any(m.training for m in static.modules())
+    assert not any(isinstance(m, Conv2dSame) for m in static.modules())
+    with torch.no_grad():
+        assert torch.equal(static(x), model(x))
+        reference = model(x)
+    deployed = TorchDefault().quantize(model, parse_scheme("w8a8-pc"), calib, "mse", SILENT)
+    assert sum(type(m).__name__ == "ConvReLU2d" for m in deployed.module.modules()) == 2  # conv+BN+ReLU fused
+    assert agreement(reference, deployed(x))["top1_agreement"] >= 0.8
