@@ -63,13 +63,14 @@ class Split:
         return out
 
     def batches(self, batch_size: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Normalised (inputs, labels) batches in order. Each input batch is a fresh tensor (a copy of the
-        split's normalised images, or normalised from the uint8 images for a split too large to keep), so a
-        consumer may modify it in place."""
+        """Normalised (inputs, labels) batches in order. The inputs are views of the split's normalised images,
+        kept for later passes (copying them would cost more than a fast int8 model's own evaluation): read
+        them, never modify them in place (``x = x.clone()`` first). A split too large to keep is normalised
+        one batch at a time."""
         cached = self._normalized
         for start in range(0, len(self), batch_size):
             end = start + batch_size
-            inputs = cached[start:end].clone() if cached is not None else self.normalize(self.images[start:end])
+            inputs = cached[start:end] if cached is not None else self.normalize(self.images[start:end])
             yield inputs, self.labels[start:end]
 
     @functools.cached_property
