@@ -25,7 +25,7 @@ from torch import nn
 
 from mqbench import hookimpl
 from mqbench.backends import Backend, Deployed
-from mqbench.backends.ort_int8 import OnnxModel, _missing_runtime, cpu_isa, export_onnx
+from mqbench.backends.ort_int8 import OnnxModel, OnnxRuntimeBackend, export_onnx
 from mqbench.data import Split
 from mqbench.progress import Reporter
 from mqbench.registry import Registry
@@ -94,16 +94,10 @@ def quantize_with_ort(model: nn.Module, scheme: QuantScheme, calib: Split, calib
         return onnx.load(out_path)
 
 
-class OrtDefault(Backend):
+class OrtDefault(OnnxRuntimeBackend):
     name = "ort-default"
     description = "peer row: ONNX Runtime's own quantize_static (QDQ, MinMax or Entropy calibration), no QuantSim"
     calibrates_itself = True
-
-    def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or len(os.sched_getaffinity(0))
-
-    def unavailable(self) -> str | None:
-        return _missing_runtime()
 
     def check_scheme(self, scheme: QuantScheme) -> str | None:
         if scheme.weight_bits != 8 or scheme.act_bits != 8:
@@ -124,18 +118,12 @@ class OrtDefault(Backend):
         quantized = quantize_with_ort(model, scheme, calib, pipeline, reporter)
         return _Fixed(quantized, self.threads)
 
-    def deploy_float(self, model: nn.Module) -> Deployed:
-        return OnnxModel(lambda example: export_onnx(model.eval(), example), self.threads)
-
     def info(self) -> dict[str, Any]:
-        missing = _missing_runtime()
-        if missing:
-            return {"runtime": None, "unavailable": missing}
-        import onnxruntime as ort
-
-        return {"runtime": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
-                "threads": self.threads, "isa": cpu_isa(), "tool": "onnxruntime.quantization.quantize_static",
-                "format": "QDQ", "activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": False}
+        info = super().info()
+        if info.get("unavailable"):
+            return info
+        return {**info, "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
+                "activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": False}
 
 
 class _Fixed(OnnxModel):

@@ -338,15 +338,32 @@ def cpu_isa() -> list[str]:
     return sorted(set(flags) & {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"})
 
 
-class OrtQDQ(Backend):
-    name = "ort-qdq"
-    description = "ONNX Runtime CPU int8 kernels, the QuantSim exported as QDQ ONNX with its exact qparams"
+class OnnxRuntimeBackend(Backend):
+    """What every ONNX Runtime backend shares: the CPU provider with a fixed thread count, the float model on
+    the same runtime, and the runtime facts recorded with each cell."""
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or len(os.sched_getaffinity(0))
 
     def unavailable(self) -> str | None:
         return _missing_runtime()
+
+    def deploy_float(self, model: nn.Module) -> Deployed:
+        return OnnxModel(lambda example: export_onnx(model.eval(), example), self.threads)
+
+    def info(self) -> dict[str, Any]:
+        missing = _missing_runtime()
+        if missing:
+            return {"runtime": None, "unavailable": missing}
+        import onnxruntime as ort
+
+        return {"runtime": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
+                "threads": self.threads, "isa": cpu_isa(), "opset": OPSET}
+
+
+class OrtQDQ(OnnxRuntimeBackend):
+    name = "ort-qdq"
+    description = "ONNX Runtime CPU int8 kernels, the QuantSim exported as QDQ ONNX with its exact qparams"
 
     def check_scheme(self, scheme: QuantScheme) -> str | None:
         if scheme.weight_bits != 8 or scheme.act_bits != 8:
@@ -361,17 +378,8 @@ class OrtQDQ(Backend):
     def convert(self, qsim: QuantSim) -> Deployed:
         return OnnxModel(lambda example: export_qdq(qsim, example), self.threads)
 
-    def deploy_float(self, model: nn.Module) -> Deployed:
-        return OnnxModel(lambda example: export_onnx(model.eval(), example), self.threads)
-
     def info(self) -> dict[str, Any]:
-        missing = _missing_runtime()
-        if missing:
-            return {"runtime": None, "unavailable": missing}
-        import onnxruntime as ort
-
-        return {"runtime": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
-                "threads": self.threads, "isa": cpu_isa(), "opset": OPSET, "format": "QDQ"}
+        return {**super().info(), "format": "QDQ"}
 
 
 class OrtQOperator(OrtQDQ):
@@ -400,5 +408,5 @@ def mqbench_register_backends(register: Registry[Backend]) -> None:
     register(OrtQOperator())
 
 
-__all__ = ["OnnxModel", "OrtQDQ", "OrtQOperator", "cpu_isa", "export_onnx", "export_qdq", "integer_op_summary",
-           "make_session", "to_qoperator"]
+__all__ = ["OnnxModel", "OnnxRuntimeBackend", "OrtQDQ", "OrtQOperator", "cpu_isa", "export_onnx", "export_qdq",
+           "integer_op_summary", "make_session", "to_qoperator"]

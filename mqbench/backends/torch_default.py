@@ -20,7 +20,6 @@ it): like ``torch_int8``, this module keeps every use of it here.
 from __future__ import annotations
 
 import copy
-import os
 import warnings
 from typing import Any
 
@@ -106,9 +105,6 @@ class TorchDefault(Backend):
     description = (f"peer row: torch.ao's default post-training quantization for the {ENGINE} engine "
                    "(HistogramObserver), no QuantSim")
     calibrates_itself = True
-
-    def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or len(os.sched_getaffinity(0))
 
     def unavailable(self) -> str | None:
         if ENGINE not in torch.backends.quantized.supported_engines:
