@@ -339,10 +339,13 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             record["status"], record["skip_reason"] = "skipped", f"backend {backend.name} is unavailable: {missing}"
             return record
         reason = backend.check_scheme(scheme) if not scheme.is_float else None
-        if not reason and backend.calibrates_itself and not scheme.is_float:
-            reason = backend.check_pipeline(cell.pipeline)
         if reason:
             record["status"], record["skip_reason"] = "skipped", f"backend {backend.name} cannot run {scheme.name}: {reason}"
+            return record
+        reason = backend.check_pipeline(cell.pipeline) if backend.calibrates_itself and not scheme.is_float else None
+        if reason:
+            record["status"] = "skipped"
+            record["skip_reason"] = f"backend {backend.name} cannot run the pipeline {cell.pipeline}: {reason}"
             return record
         torch.manual_seed(cell.seed)
         preprocess = plugins.models.get(cell.model).get_weights(cell.weights).preprocess

@@ -15,6 +15,19 @@ the rounding, a few per million) that then multiply layer by layer are the signa
 differences, not of a wrong quantization parameter (which would differ everywhere from its layer on).
 
     python scripts/ort_rounding_evidence.py mobilenet_v2 tf2ptq --scheme w8a8-pc --images 256
+
+What an integer-exact simulation of ONNX Runtime's x86 CPU kernels would have to reproduce (read in
+onnxruntime's sources: ``providers/cpu/quantization/qlinearconv.cc``, ``mlas/lib/qladd.cpp``,
+``mlas/lib/qlgavgpool.cpp``; not built):
+
+* QLinearConv / QGemm: ``acc = sum((x - zp_x) * w) + bias`` in int32; the multiplier is computed in float32 as
+  ``(x_scale * w_scale[c]) / y_scale``; ``y = clamp(round_half_even(float32(acc) * multiplier) + zp_y)``;
+* QLinearAdd (``qladd.cpp``'s SSE2 path): ``round_half_even(fixed + a * (a_scale / c_scale) + b * (b_scale /
+  c_scale))`` in float32 with ``fixed = zp_c - (ratio_a * zp_a + ratio_b * zp_b)``; AVX2 machines dispatch to
+  ``mlas/lib/intrinsics/avx2/qladd_avx2.cpp`` (its operation order, FMA or not, still to be checked), NEON to a
+  fixed-point variant;
+* QLinearGlobalAveragePool: ``acc = sum(x) - zp_x * N`` in int32, multiplier ``x_scale / (y_scale * N)``,
+  then as QLinearConv.
 """
 
 from __future__ import annotations

@@ -163,6 +163,23 @@ def test_real_kernel_cells_store_agreement_and_the_kernels_that_ran(plugins: Plu
     assert rows["ort-qdq"]["ips_b32_tall"] > 0 and rows["ort-qdq"]["size_bytes"] == sizes["deployed"]
 
 
+def test_peer_rows_calibrate_with_the_runtimes_own_tool_and_skip_pipelines_it_lacks(
+        plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax", "mse"],
+                          backends=["ort-default"], schemes=["w8a8-pc"], eval_limit=100)
+    by = {r["config"]["pipeline"]: r for r in runner.run(cells, Store(tmp_path / "results"),
+                                                         runner.Workspace(plugins)).records}
+    ok = by["minmax"]
+    assert ok["status"] == "ok", ok.get("error")
+    assert set(ok["metrics"]) == {"deployed"} and "agreement" not in ok  # no QuantSim, nothing simulated
+    assert ok["timings_s"]["calibrate:ort-default"] > 0 and "prepare" not in ok["timings_s"]
+    assert ok["plugins"]["backend"]["info"]["tool"] == "onnxruntime.quantization.quantize_static"
+    assert by["mse"]["status"] == "skipped"
+    assert by["mse"]["skip_reason"].startswith("backend ort-default cannot run the pipeline mse: ")
+
+
 def test_a_backend_whose_runtime_is_missing_is_reported_and_its_cells_skipped(
         plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from mqbench.backends import ort_int8
