@@ -84,11 +84,14 @@ def correct_biases(qsim: QuantSim, calib: Split, config: BiasCorrectionConfig, b
                 mod.bias = nn.Parameter(torch.zeros_like(shift))
             bias = mod.bias
             assert isinstance(bias, torch.Tensor) and isinstance(mod, (QuantConv2d, QuantLinear))
-            before = quantized_bias(bias, mod.weight_quantizer, mod.input_quantizer)
-            assert before is not None
-            bias.data = before.detach() + shift  # from the bias the runtime adds, so only one rounding remains
+            added = quantized_bias(bias, mod.weight_quantizer, mod.input_quantizer)
+            assert added is not None
+            # A copy: with a float bias (Placement(int32_bias=False)) quantized_bias returns the bias itself,
+            # whose data changes on the next line; the output must still move by the change.
+            before = added.detach().clone()
+            bias.data = before + shift  # from the bias the runtime adds, so only one rounding remains
             applied[name] = float(shift.abs().max())
-            # The layer adds its bias as the runtime does (int32 codes), so later layers see that change.
+            # The layer adds its bias as the runtime does (int32 codes or float), so later layers see that change.
             after = quantized_bias(bias, mod.weight_quantizer, mod.input_quantizer)
             assert after is not None
             return out + (after - before).view(1, -1, *([1] * (out.dim() - 2)))

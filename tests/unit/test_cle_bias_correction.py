@@ -16,7 +16,7 @@ from mqbench.models.builtin import quick_mobilenet_v1
 from mqbench.models.layers import ChannelClippedReLU
 from mqbench.models.mobilenet_v2 import MobileNetV2
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
-from mqbench.quant.qsim import QuantSim
+from mqbench.quant.qsim import Placement, QuantSim
 from mqbench.schemes import parse_scheme
 
 
@@ -82,18 +82,21 @@ def test_cle_reduces_per_tensor_weight_error_and_records_relu6_replacement() -> 
     assert not any(isinstance(m, nn.ReLU6) for m in gm.modules())
 
 
-def _minmax_w4a8_qsim() -> tuple[nn.Module, Split, QuantSim]:
+def _minmax_w4a8_qsim(int32_bias: bool = True) -> tuple[nn.Module, Split, QuantSim]:
     """A ReLU MobileNet, 64 synthetic calibration images and its minmax-calibrated W4A8 QuantSim."""
     model = _relu_mobilenet()
     calib = generate(0, "calib", 64)
-    qsim = QuantSim.from_float(model, parse_scheme("w4a8-pt"))
+    qsim = QuantSim.from_float(model, parse_scheme("w4a8-pt"), Placement(int32_bias=int32_bias))
     calibrate_weights(qsim, minmax_observer)
     calibrate_activations(qsim, calib, minmax_observer)
     return model, calib, qsim
 
 
-def test_bias_correction_removes_the_mean_shift_on_calibration_data() -> None:
-    _, calib, qsim = _minmax_w4a8_qsim()
+@pytest.mark.parametrize("int32_bias", [True, False])
+def test_bias_correction_removes_the_mean_shift_on_calibration_data(int32_bias: bool) -> None:
+    # int32_bias=False: PyTorch's kernels add the float bias; the correction must propagate to later layers
+    # there too (it did not: MobileNetV2 cle+mse+bias_correction w8a8-pt collapsed to 0.7% on torch-x86).
+    _, calib, qsim = _minmax_w4a8_qsim(int32_bias)
     x = calib.normalize(calib.images)
 
     means: dict[str, dict[str, torch.Tensor]] = {"float": {}, "quant": {}}
@@ -125,8 +128,11 @@ def test_bias_correction_removes_the_mean_shift_on_calibration_data() -> None:
     # land within half of that step of the float mean; in this untrained net the steps are coarse.
     for n in qsim.weight_quantizers:
         layer = qsim.model.get_submodule(n)
-        step = layer.input_quantizer().scale * layer.weight_quantizer.scale  # type: ignore[operator,union-attr]
         residual = float((means["float"][n] - means["quant"][n]).abs().max())
+        if not int32_bias:  # a float bias lands exactly on the float mean
+            assert residual <= 1e-4 * (float(means["float"][n].abs().max()) + 1), (n, residual)
+            continue
+        step = layer.input_quantizer().scale * layer.weight_quantizer.scale  # type: ignore[operator,union-attr]
         assert residual <= 0.5 * float(step) * (1 + 1e-4) + 1e-5, (n, residual, float(step))
 
 
