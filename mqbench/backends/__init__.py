@@ -8,8 +8,8 @@ row). The harness only calls a deployed model as ``deployed(inputs) -> logits``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -50,10 +50,17 @@ class Backend:
     def deploy_float(self, model: nn.Module) -> Deployed:
         raise NotImplementedError
 
+    # For a backend that calibrates itself: the pipeline names it runs, each with what it maps to in the
+    # runtime's own tool (e.g. {"minmax": "CalibrationMethod.MinMax"}).
+    calibrations: ClassVar[Mapping[str, str]] = {}
+
     def check_pipeline(self, pipeline: str) -> str | None:
-        """For a backend that calibrates itself: None if it can run ``pipeline`` (a pipeline name such as
-        ``minmax``, naming the calibration it maps to), otherwise why not (the cell is recorded as skipped)."""
-        return None
+        """For a backend that calibrates itself: None if ``pipeline`` is one of its ``calibrations``,
+        otherwise why not (the cell is recorded as skipped)."""
+        if pipeline in self.calibrations:
+            return None
+        offered = ", ".join(f"{name} ({what})" for name, what in self.calibrations.items())
+        return f"{self.name} runs its own tool's calibrations {offered}, not the pipeline {pipeline!r}"
 
     def quantize(self, model: nn.Module, scheme: QuantScheme, calib: Split, pipeline: str,
                  reporter: Reporter) -> Deployed:

@@ -31,7 +31,8 @@ from mqbench.progress import Reporter
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
 
-CALIBRATIONS = {"minmax": "MinMax", "entropy": "Entropy"}
+METHODS = {"minmax": "MinMax", "entropy": "Entropy"}  # pipeline name -> onnxruntime CalibrationMethod member
+CALIBRATIONS = {name: f"CalibrationMethod.{member}" for name, member in METHODS.items()}
 CALIB_BATCH = 32
 
 
@@ -87,7 +88,7 @@ def quantize_with_ort(model: nn.Module, scheme: QuantScheme, calib: Split, calib
             quantize_static(pre_path, out_path, reader, quant_format=QuantFormat.QDQ,
                             per_channel=scheme.weight_granularity == "channel", reduce_range=False,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=getattr(CalibrationMethod, CALIBRATIONS[calibration]),
+                            calibrate_method=CalibrationMethod[METHODS[calibration]],
                             extra_options={"CalibStridedMinMax": 1})
         finally:
             reader.close()
@@ -98,6 +99,7 @@ class OrtDefault(OnnxRuntimeBackend):
     name = "ort-default"
     description = "peer row: ONNX Runtime's own quantize_static (QDQ, MinMax or Entropy calibration), no QuantSim"
     calibrates_itself = True
+    calibrations = CALIBRATIONS
 
     def check_scheme(self, scheme: QuantScheme) -> str | None:
         if scheme.weight_bits != 8 or scheme.act_bits != 8:
@@ -107,16 +109,10 @@ class OrtDefault(OnnxRuntimeBackend):
                     "symmetric weights, no power-of-two scales, no reduce_range (w8a8-pc or w8a8-pt)")
         return None
 
-    def check_pipeline(self, pipeline: str) -> str | None:
-        if pipeline not in CALIBRATIONS:
-            return (f"ONNX Runtime's own quantizer runs the calibrations {', '.join(CALIBRATIONS)}, "
-                    f"not the pipeline {pipeline!r}")
-        return None
-
     def quantize(self, model: nn.Module, scheme: QuantScheme, calib: Split, pipeline: str,
                  reporter: Reporter) -> Deployed:
         quantized = quantize_with_ort(model, scheme, calib, pipeline, reporter)
-        return _Fixed(quantized, self.threads)
+        return OnnxModel(lambda example: quantized, self.threads)  # built already, dynamic batch size
 
     def info(self) -> dict[str, Any]:
         info = super().info()
@@ -124,13 +120,6 @@ class OrtDefault(OnnxRuntimeBackend):
             return info
         return {**info, "tool": "onnxruntime.quantization.quantize_static", "format": "QDQ",
                 "activation_type": "QUInt8", "weight_type": "QInt8", "reduce_range": False}
-
-
-class _Fixed(OnnxModel):
-    """An ONNX model already built (dynamic batch size), run by ONNX Runtime."""
-
-    def __init__(self, model: Any, threads: int) -> None:
-        super().__init__(lambda example: model, threads)
 
 
 @hookimpl

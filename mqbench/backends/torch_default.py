@@ -105,6 +105,7 @@ class TorchDefault(Backend):
     description = (f"peer row: torch.ao's default post-training quantization for the {ENGINE} engine "
                    "(HistogramObserver), no QuantSim")
     calibrates_itself = True
+    calibrations = CALIBRATIONS
 
     def unavailable(self) -> str | None:
         if ENGINE not in torch.backends.quantized.supported_engines:
@@ -115,12 +116,6 @@ class TorchDefault(Backend):
         if scheme.name not in ("w8a8-pc-rr", "w8a8-pc"):
             return ("torch.ao's default qconfig is per-channel int8 weights and uint8 activations with reduce_range "
                     "(scheme w8a8-pc-rr, the default as it is; w8a8-pc: the same with reduce_range off)")
-        return None
-
-    def check_pipeline(self, pipeline: str) -> str | None:
-        if pipeline not in CALIBRATIONS:
-            return (f"torch.ao's default flow runs the calibrations mse (HistogramObserver, its default) and "
-                    f"minmax, not the pipeline {pipeline!r}")
         return None
 
     def quantize(self, model: nn.Module, scheme: QuantScheme, calib: Split, pipeline: str,
