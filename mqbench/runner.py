@@ -8,6 +8,7 @@ The flow of one cell (``run_cell``)::
     qsim   = backend.prepare(float', scheme)             quantizers where the backend quantizes
     calibrate steps (qsim, calib); refine steps (qsim, float', calib)
     sim    = evaluate(qsim, evalset)
+    exact  = evaluate(backend.integer_simulation(qsim), evalset)          (where the runtime's arithmetic is modelled)
     deployed = backend.convert(qsim); dep = evaluate(deployed, evalset)   (real backends only)
     record(cell, metrics, provenance, timings)
 
@@ -391,6 +392,11 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             with timer("evaluate_sim"):
                 evaluations["sim"] = evaluate(qsim.eval(), evalset, ws.batch_size, ws.reporter, "evaluating (sim)")
             if not backend.simulation_only:
+                exact = backend.integer_simulation(qsim)
+                if exact is not None:
+                    with timer("evaluate_integer_sim"):
+                        evaluations["integer_sim"] = evaluate(exact, evalset, ws.batch_size, ws.reporter,
+                                                              "evaluating (integer sim)")
                 with timer("convert"):
                     deployed = backend.convert(qsim)
                 with timer("evaluate_deployed"):
@@ -400,6 +406,9 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                                          "activation_quantizers": len(qsim.act_quantizers)}
         if "sim" in evaluations and "deployed" in evaluations:
             record["agreement"] = agreement(evaluations["sim"].logits, evaluations["deployed"].logits)
+        if "integer_sim" in evaluations and "deployed" in evaluations:
+            record["agreement_integer_sim"] = agreement(evaluations["integer_sim"].logits,
+                                                        evaluations["deployed"].logits)
         if deployed is not None and hasattr(deployed, "deployment_info"):
             record["deployment"] = deployed.deployment_info()
         if ws.latency is not None and deployed is not None and not backend.simulation_only:

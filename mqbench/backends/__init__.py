@@ -50,6 +50,12 @@ class Backend:
     def deploy_float(self, model: nn.Module) -> Deployed:
         raise NotImplementedError
 
+    def integer_simulation(self, qsim: QuantSim) -> Deployed | None:
+        """The calibrated ``qsim`` computed in this runtime's own integer arithmetic, code for code (for ONNX
+        Runtime :class:`~mqbench.quant.integer_sim.IntegerSimulation`), or None where no such model of the
+        runtime exists; the runner then reports the fake-quant simulation's agreement only."""
+        return None
+
     # For a backend that calibrates itself: the pipeline names it runs, each with what it maps to in the
     # runtime's own tool (e.g. {"minmax": "CalibrationMethod.MinMax"}).
     calibrations: ClassVar[Mapping[str, str]] = {}

@@ -45,6 +45,8 @@ from torch import nn
 from mqbench import hookimpl
 from mqbench.backends import Backend, Deployed
 from mqbench.quant import functional as Q
+from mqbench.quant import mlas
+from mqbench.quant.integer_sim import IntegerSimulation
 from mqbench.quant.qsim import Placement, QuantSim
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
@@ -81,8 +83,9 @@ def export_qdq(qsim: QuantSim, example: torch.Tensor) -> Any:
         qsim.train(was_training)
     graph = _Graph(model)
     graph.store_weights_as_codes()
+    graph.move_dequantize_past_pass_through_ops()  # first, so a padded conv's bias finds its input's scale
     graph.quantize_biases()
-    graph.move_dequantize_past_pass_through_ops()
+    graph.clip_channels_on_codes()
     graph.finish()
     return model
 
@@ -176,11 +179,18 @@ class _Graph:
             if node.op_type not in PASS_THROUGH_OPS or node.output[0] in self.dropped:
                 continue
             dq = self.producer(node.input[0])
-            if dq is None or dq.op_type != "DequantizeLinear" or len(self.consumers(dq.output[0])) != 1:
+            if dq is None or dq.op_type != "DequantizeLinear":
                 continue
             scale, zero = self.const(dq.input[1]), self.const(dq.input[2])
             if scale is None or zero is None or scale.ndim != 0:
                 continue
+            if len(self.consumers(dq.output[0])) > 1:  # a tensor also read elsewhere (a residual): own DQ copy
+                from onnx import helper
+
+                copy = helper.make_node("DequantizeLinear", list(dq.input), [node.output[0] + "_dq_input"],
+                                        name=f"{dq.name}_for_{node.name or node.output[0]}")
+                self.graph.node.append(copy)  # protobuf appends a copy: edit the graph's own node below
+                node.input[0], dq = copy.output[0], self.graph.node[-1]
             if node.op_type == "Pad":
                 mode = next((a.s.decode() for a in node.attribute if a.name == "mode"), "constant")
                 value = self.const(node.input[2]) if len(node.input) > 2 and node.input[2] else np.zeros(())
@@ -193,6 +203,34 @@ class _Graph:
             integer, out = dq.input[0], node.output[0]
             node.input[0], node.output[0] = integer, out + "_quantized"
             dq.input[0], dq.output[0] = out + "_quantized", out
+
+    def clip_channels_on_codes(self) -> None:
+        """``Relu -> Min(x, per-channel bound) -> Q`` (ReLU6 after cross-layer equalization) becomes
+        ``Relu -> Q -> Min(codes, bound codes)``: ONNX Runtime cannot fuse a per-channel clip into QLinearConv
+        and would run the convolution in float; on codes the clip is exact, since rounding is monotone
+        (``Q(min(x, u)) = min(Q(x), Q(u))``), and ``Min`` runs on uint8."""
+        from onnx import helper
+
+        for q in list(self.graph.node):
+            if q.op_type != "QuantizeLinear":
+                continue
+            node = self.producer(q.input[0])
+            if node is None or node.op_type != "Min" or len(node.input) != 2 or len(self.consumers(node.output[0])) != 1:
+                continue
+            bounds = [self.const(name) for name in node.input]
+            if (bounds[0] is None) == (bounds[1] is None):
+                continue
+            bound, dynamic = (bounds[1], node.input[0]) if bounds[0] is None else (bounds[0], node.input[1])
+            scale, zero = self.const(q.input[1]), self.const(q.input[2])
+            if scale is None or zero is None or scale.ndim != 0 or bound is None:
+                continue
+            info = np.iinfo(zero.dtype)
+            codes = np.clip(np.round(bound.astype(np.float32) / scale.astype(np.float32)) + int(zero), info.min, info.max)
+            out = q.output[0]
+            q.input[0], q.output[0] = dynamic, out + "_unclipped"
+            name = self.add_init(node.output[0] + "_codes", codes.astype(zero.dtype))
+            self.graph.node.append(helper.make_node("Min", [out + "_unclipped", name], [out], name=node.name + "_codes"))
+            self.dropped.add(node.output[0])
 
     def finish(self) -> None:
         from onnx import numpy_helper
@@ -378,8 +416,17 @@ class OrtQDQ(OnnxRuntimeBackend):
     def convert(self, qsim: QuantSim) -> Deployed:
         return OnnxModel(lambda example: export_qdq(qsim, example), self.threads)
 
+    def integer_simulation(self, qsim: QuantSim) -> Deployed | None:
+        if mlas.supported_isa(cpu_isa()) is not None:
+            return None
+        return IntegerSimulation(qsim)
+
     def info(self) -> dict[str, Any]:
-        return {**super().info(), "format": "QDQ"}
+        info = {**super().info(), "format": "QDQ"}
+        if info.get("runtime"):
+            why_not = mlas.supported_isa(cpu_isa())
+            info["integer_simulation"] = why_not or "ONNX Runtime MLAS x86-64 AVX2 kernels (mqbench.quant.mlas)"
+        return info
 
 
 class OrtQOperator(OrtQDQ):

@@ -273,7 +273,7 @@ class QuantSim(nn.Module):
         for node in self.model.graph.nodes:
             if node.op == "call_module" and node.target == name:
                 users = list(node.users)
-                if len(users) != 1 or not _is_activation(users[0], modules):
+                if len(users) != 1 or not is_activation(users[0], modules):
                     return None
                 act = users[0]
                 rest, kwargs = act.args[1:], act.kwargs
@@ -319,7 +319,7 @@ class QuantSim(nn.Module):
                 "activations": {n: q.export() for n, q in self.act_quantizers.items()}}
 
 
-def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules.get(str(node.target)), _ACTIVATION_MODULES)
     if node.op == "call_function":
@@ -327,7 +327,7 @@ def _is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in ("relu", "clamp")
 
 
-def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules.get(str(node.target)), _PASSTHROUGH_MODULES)
     if node.op == "call_function":
@@ -337,14 +337,14 @@ def _is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op in ("get_attr", "output")
 
 
-def _is_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
+def is_pool(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules.get(str(node.target)), _POOL_MODULES)
     return (node.op == "call_function" and node.target in _POOL_FUNCTIONS) or (
         node.op == "call_method" and node.target == "mean")
 
 
-def _is_add(node: fx.Node) -> bool:
+def is_add(node: fx.Node) -> bool:
     return ((node.op == "call_function" and node.target in _ADD_FUNCTIONS) or
             (node.op == "call_method" and node.target == "add"))
 
@@ -367,7 +367,7 @@ def _bind_input_quantizers(gm: fx.GraphModule) -> None:
         if not isinstance(layer, (QuantConv2d, QuantLinear)):
             continue
         source = node.args[0]
-        while isinstance(source, fx.Node) and _is_passthrough(source, modules) and source.args:
+        while isinstance(source, fx.Node) and is_passthrough(source, modules) and source.args:
             source = source.args[0]
         quantizer = modules.get(str(source.target)) if isinstance(source, fx.Node) and source.op == "call_module" else None
         if isinstance(quantizer, Quantizer):
@@ -379,7 +379,7 @@ def _insert_activation_quantizers(gm: fx.GraphModule, scheme: QuantScheme, place
     points: list[fx.Node] = []
     covered: set[fx.Node] = set()
     for node in gm.graph.nodes:
-        if node in covered or _is_passthrough(node, modules):
+        if node in covered or is_passthrough(node, modules):
             continue
         if node.op == "placeholder":
             if placement.quantize_input:
@@ -387,13 +387,13 @@ def _insert_activation_quantizers(gm: fx.GraphModule, scheme: QuantScheme, place
             continue
         m = modules.get(str(node.target)) if node.op == "call_module" else None
         point = node
-        if isinstance(m, (nn.Conv2d, nn.Linear)) or _is_add(node):
-            fuse = placement.fuse_activations if not _is_add(node) else placement.fuse_add_relu
+        if isinstance(m, (nn.Conv2d, nn.Linear)) or is_add(node):
+            fuse = placement.fuse_activations if not is_add(node) else placement.fuse_add_relu
             users = list(node.users)
-            if fuse and len(users) == 1 and _is_activation(users[0], modules):
+            if fuse and len(users) == 1 and is_activation(users[0], modules):
                 point = users[0]
                 covered.add(point)
-        elif _is_pool(node, modules) and not placement.requantize_pooling:
+        elif is_pool(node, modules) and not placement.requantize_pooling:
             continue
         points.append(point)
     container = nn.ModuleDict()

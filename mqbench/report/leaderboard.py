@@ -30,7 +30,8 @@ from mqbench.store import LoadResult
 
 FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme", "seed", "status", "evaluated",
           "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "p_vs_fp32", "p_vs_best",
-          "best_in_scheme", "sim_top1", "agreement", "logit_sqnr_db", "method_s", "note", "record",
+          "best_in_scheme", "sim_top1", "agreement", "logit_sqnr_db", "int_sim_top1", "agreement_int_sim", "method_s",
+          "note", "record",
           "lat_b1_t1_ms", "lat_b1_tall_ms", "ips_b32_t1", "ips_b32_tall", "float_ips_b32_tall", "speedup_b32_tall",
           "size_bytes", "cores")
 METHOD_STAGES = ("transform:", "calibrate:", "refine:")
@@ -85,6 +86,13 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             note = f"{err.get('type', 'Error')}: {err.get('message', '')}"[:200]
         elif r["status"] == "skipped":
             note = r.get("skip_reason", "")
+        float_ops: dict[str, int] = {}
+        for shape_info in (r.get("deployment") or {}).values():
+            if isinstance(shape_info, dict):
+                float_ops.update(shape_info.get("float_compute_ops") or {})
+        if float_ops:
+            ran_float = "float ops: " + ", ".join(f"{op} x{n}" for op, n in sorted(float_ops.items()))
+            note = f"{note}; {ran_float}" if note else ran_float
         row: dict[str, Any] = {
             "suite": r.get("suite"), "dataset": c.get("dataset"), "model": c.get("model"),
             "weights": c.get("weights"), "pipeline": c.get("pipeline"), "backend": c.get("backend"),
@@ -96,6 +104,9 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             if which == "deployed" else None,
             "agreement": (r.get("agreement") or {}).get("top1_agreement"),
             "logit_sqnr_db": (r.get("agreement") or {}).get("logit_sqnr_db"),
+            "int_sim_top1": ((((r.get("metrics") or {}).get("integer_sim") or {}).get("accuracy") or {}).get("top1")
+                             or {}).get("value"),
+            "agreement_int_sim": (r.get("agreement_integer_sim") or {}).get("top1_agreement"),
             "record": Path(r.get("_path", "")).name, "n_config": c.get("eval_limit"),
             "_images": ((r.get("data") or {}).get("eval") or {}).get("fingerprint"), "_outcomes": None,
             "_harness_only": bool(((r.get("plugins") or {}).get("backend") or {}).get("info", {}).get("harness_only")),
@@ -202,8 +213,10 @@ LEGEND = ("`*` after Δ: differs from fp32 at 95% (two-sided exact McNemar test 
           "`≈ best`: not significantly different from the most accurate row of the same model and scheme; "
           "`< best`: significantly worse (p < 0.05). `method s`: wall-clock seconds of the pipeline's transform, "
           "calibrate and refine steps on the recorded machine (evaluation excluded). On a real-kernel backend the "
-          "top-1 is the deployed model's; `sim top-1`: the QuantSim's on the same images; `agree %`: images whose "
-          "simulated and deployed top-1 class match.")
+          "top-1 is the deployed model's; `sim top-1`: the QuantSim's (fake quantization) on the same images; "
+          "`agree %`: images whose simulated and deployed top-1 class match; `int-sim agree %`: the same for the "
+          "simulation in the runtime's own integer arithmetic, where mqbench models it (ONNX Runtime on x86-64). "
+          "`float ops` in the status: operators the runtime ran in float instead of on integer kernels.")
 
 LATENCY_LEGEND = ("Latency: median over at least 20 calls and 2 s after warm-up (the record has quartiles); "
                   "`b1 ms`: one image; `b32 img/s`: throughput at batch 32; `1t` one thread, `Nt` every core of "
@@ -239,13 +252,13 @@ def render_markdown(loaded: LoadResult) -> str:
     for (dataset, model, weights), group in _groups(rows).items():
         lines += [f"## {model} ({weights}) on {dataset}", "",
                   "| pipeline | scheme | backend | top-1 % [95% CI] | top-5 % | Δ top-1 vs fp32 | vs scheme's best | n "
-                  "| sim top-1 % | agree % | method s | status |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| sim top-1 % | agree % | int-sim agree % | method s | status |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" ({r['note']})" if r["note"] else "")
             lines.append(f"| {r['pipeline']} | {r['scheme']} | {r['backend']} | {_ci(r, 'top1')} | {_pct(r['top5'])} "
                          f"| {_sig(r)} | {_vs_best(r)} | {r['n'] or ''} | {_pct(r['sim_top1'])} | {_pct(r['agreement'])} "
-                         f"| {_seconds(r['method_s'])} | {status.strip()} |")
+                         f"| {_pct(r['agreement_int_sim'])} | {_seconds(r['method_s'])} | {status.strip()} |")
         lines.append("")
         latency = _latency_rows(group)
         if latency:
@@ -290,14 +303,15 @@ def print_rich(loaded: LoadResult, console: Console) -> None:
         table = Table(title=f"{model} ({weights}) on {dataset}", title_justify="left")
         for col, just in (("pipeline", "left"), ("scheme", "left"), ("backend", "left"), ("top-1 % [95% CI]", "right"),
                           ("top-5 %", "right"), ("Δ vs fp32", "right"), ("vs scheme's best", "left"), ("n", "right"),
-                          ("sim top-1 %", "right"), ("agree %", "right"), ("method s", "right"), ("status", "left")):
+                          ("sim top-1 %", "right"), ("agree %", "right"), ("int-sim agree %", "right"),
+                          ("method s", "right"), ("status", "left")):
             table.add_column(col, justify=just)  # type: ignore[arg-type]
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" {r['note']}" if r["note"] else "")
             style = "red" if r["status"] == "failed" else ("dim" if r["status"] == "skipped" else None)
             table.add_row(r["pipeline"], r["scheme"], r["backend"], _ci(r, "top1"), _pct(r["top5"]),
                           _sig(r), _vs_best(r), str(r["n"] or ""), _pct(r["sim_top1"]), _pct(r["agreement"]),
-                          _seconds(r["method_s"]), status.strip(), style=style)
+                          _pct(r["agreement_int_sim"]), _seconds(r["method_s"]), status.strip(), style=style)
         console.print(table)
         latency = _latency_rows(group)
         if latency:

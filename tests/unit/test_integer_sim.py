@@ -1,0 +1,117 @@
+"""The integer simulation predicts ONNX Runtime code for code: identical logits on networks holding every
+operator MobileNets use (convolutions with TensorFlow "SAME" padding, depthwise, ReLU6, residual adds, global
+average pooling, the classifier), before and after cross-layer equalization, per-tensor and per-channel."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from mqbench.backends.ort_int8 import OnnxModel, OrtQDQ, cpu_isa, export_qdq, integer_op_summary
+from mqbench.data.synthetic import generate
+from mqbench.methods.cle import CLEConfig, cross_layer_equalize
+from mqbench.models.builtin import quick_mobilenet_v1, quick_mobilenet_v2
+from mqbench.models.layers import Conv2dSame
+from mqbench.quant import mlas
+from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
+from mqbench.quant.integer_sim import IntegerSimulation, UnsupportedOp
+from mqbench.quant.qsim import Placement, QuantSim
+from mqbench.schemes import parse_scheme
+from tests.unit.test_ort_int8 import _trained_like
+
+pytest.importorskip("onnxruntime")
+modelled = pytest.mark.skipif(mlas.supported_isa(cpu_isa()) is not None, reason="not an x86-64 AVX2 machine")
+
+
+class SamePaddedResidual(nn.Module):
+    """TF "SAME" stem, depthwise-separable block with a residual add, pool, classifier."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem, self.act = Conv2dSame(3, 16, 3, stride=2), nn.ReLU6()
+        self.dw, self.act2 = Conv2dSame(16, 16, 3, groups=16), nn.ReLU6()
+        self.pw = nn.Conv2d(16, 16, 1)
+        self.pool, self.fc = nn.AdaptiveAvgPool2d(1), nn.Linear(16, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.act(self.stem(x))
+        y = y + self.pw(self.act2(self.dw(y)))
+        return self.fc(torch.flatten(self.pool(y), 1))
+
+
+def _calibrated(model: nn.Module, scheme: str) -> tuple[QuantSim, torch.Tensor]:
+    calib = generate(0, "calib", 64)
+    qsim = OrtQDQ().prepare(model, parse_scheme(scheme))
+    calibrate_weights(qsim, minmax_observer)
+    calibrate_activations(qsim, calib, minmax_observer)
+    return qsim.eval(), calib.normalize(generate(0, "test", 64).images)
+
+
+def _equalized(model: nn.Module) -> nn.Module:
+    return cross_layer_equalize(model, CLEConfig(absorb=False))[0]
+
+
+CASES = {
+    "mobilenet_v1 pc": lambda: (_trained_like(quick_mobilenet_v1(10)), "w8a8-pc"),
+    "mobilenet_v2 pc": lambda: (_trained_like(quick_mobilenet_v2(10)), "w8a8-pc"),
+    "mobilenet_v2 pt": lambda: (_trained_like(quick_mobilenet_v2(10)), "w8a8-pt"),
+    "mobilenet_v2 cle pt": lambda: (_equalized(_trained_like(quick_mobilenet_v2(10))), "w8a8-pt"),
+    "same padding + residual": lambda: (SamePaddedResidual().eval(), "w8a8-pc"),
+}
+
+
+@modelled
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_equal_onnxruntimes_bit_for_bit(case: str) -> None:
+    torch.manual_seed(0)
+    model, scheme = CASES[case]()
+    qsim, x = _calibrated(model, scheme)
+    exported = export_qdq(qsim, x[:1])
+    assert integer_op_summary(exported)["float_compute_ops"] == {}  # every op on an integer kernel
+    deployed = OnnxModel(lambda e: export_qdq(qsim, e), threads=1)(x)
+    simulated = IntegerSimulation(qsim)(x)
+    assert torch.equal(simulated, deployed), (simulated - deployed).abs().max()
+
+
+@modelled
+def test_the_fake_quant_simulation_is_not_bit_exact_where_the_integer_one_is() -> None:
+    """The point of the integer simulation: on the same calibrated QuantSim, fake quantization's logits differ
+    from the runtime's (ties of the rounding), the integer simulation's do not."""
+    torch.manual_seed(0)
+    qsim, x = _calibrated(_trained_like(quick_mobilenet_v2(10)), "w8a8-pc")
+    deployed = OnnxModel(lambda e: export_qdq(qsim, e), threads=1)(x)
+    with torch.no_grad():
+        fake = qsim(x)
+    assert not torch.equal(fake, deployed)
+    assert torch.equal(IntegerSimulation(qsim)(x), deployed)
+
+
+def test_a_per_channel_clip_is_exported_as_an_integer_min_after_quantization() -> None:
+    torch.manual_seed(0)
+    qsim, x = _calibrated(_equalized(_trained_like(quick_mobilenet_v2(10))), "w8a8-pt")
+    summary = integer_op_summary(export_qdq(qsim, x[:1]))
+    # Before: every clipped convolution ran in float (FusedConv + Min); now QLinearConv and a uint8 Min.
+    assert summary["float_compute_ops"] == {} and summary["ops"].get("Min", 0) > 0, summary
+
+
+class Gated(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.sigmoid(self.conv(x)).mean((2, 3)))
+
+
+def test_an_operator_without_a_modelled_kernel_is_named() -> None:
+    qsim, x = _calibrated(Gated().eval(), "w8a8-pc")
+    with pytest.raises(UnsupportedOp, match="sigmoid"):
+        IntegerSimulation(qsim)(x)
+
+
+def test_a_quantsim_placed_for_float_biases_is_refused() -> None:
+    qsim = QuantSim.from_float(quick_mobilenet_v1(10).eval(), parse_scheme("w8a8-pc"), Placement(int32_bias=False))
+    with pytest.raises(ValueError, match="int32 biases"):
+        IntegerSimulation(qsim)
