@@ -16,18 +16,9 @@ differences, not of a wrong quantization parameter (which would differ everywher
 
     python scripts/ort_rounding_evidence.py mobilenet_v2 tf2ptq --scheme w8a8-pc --images 256
 
-What an integer-exact simulation of ONNX Runtime's x86 CPU kernels would have to reproduce (read in
-onnxruntime's sources: ``providers/cpu/quantization/qlinearconv.cc``, ``mlas/lib/qladd.cpp``,
-``mlas/lib/qlgavgpool.cpp``; not built):
-
-* QLinearConv / QGemm: ``acc = sum((x - zp_x) * w) + bias`` in int32; the multiplier is computed in float32 as
-  ``(x_scale * w_scale[c]) / y_scale``; ``y = clamp(round_half_even(float32(acc) * multiplier) + zp_y)``;
-* QLinearAdd (``qladd.cpp``'s SSE2 path): ``round_half_even(fixed + a * (a_scale / c_scale) + b * (b_scale /
-  c_scale))`` in float32 with ``fixed = zp_c - (ratio_a * zp_a + ratio_b * zp_b)``; AVX2 machines dispatch to
-  ``mlas/lib/intrinsics/avx2/qladd_avx2.cpp`` (its operation order, FMA or not, still to be checked), NEON to a
-  fixed-point variant;
-* QLinearGlobalAveragePool: ``acc = sum(x) - zp_x * N`` in int32, multiplier ``x_scale / (y_scale * N)``,
-  then as QLinearConv.
+The arithmetic of those kernels (QLinearConv / QGemm requantization, QLinearAdd, QLinearGlobalAveragePool) is
+reproduced in :mod:`mqbench.quant.mlas`; the integer simulation built on it (``integer sim`` below,
+:class:`mqbench.quant.integer_sim.IntegerSimulation`) gives the integer run's logits bit for bit.
 """
 
 from __future__ import annotations
@@ -43,6 +34,7 @@ from mqbench.data.paths import DATA_ENV
 from mqbench.metrics.accuracy import agreement
 from mqbench.plugins import get_plugins
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
+from mqbench.quant.integer_sim import IntegerSimulation
 from mqbench.runner import Workspace
 from mqbench.schemes import parse_scheme
 
@@ -89,7 +81,8 @@ def main() -> None:
     differing = dict.fromkeys(points, 0)
     largest = dict.fromkeys(points, 0)
     sizes = dict.fromkeys(points, 0)
-    logits: dict[str, list[torch.Tensor]] = {"sim": [], "reference": [], "integer": []}
+    logits: dict[str, list[torch.Tensor]] = {"sim": [], "reference": [], "integer": [], "integer sim": []}
+    exact = IntegerSimulation(qsim)
     for batch in x.split(64):  # batch by batch: every activation of every image would not fit in memory
         reference = dict(zip([*points, "logits"], reference_session.run(None, {"input": batch.numpy()}), strict=True))
         integer = dict(zip([*points, "logits"], integer_session.run(None, {"input": batch.numpy()}), strict=True))
@@ -97,16 +90,17 @@ def main() -> None:
             logits["sim"].append(qsim(batch))
         logits["reference"].append(torch.from_numpy(reference["logits"]))
         logits["integer"].append(torch.from_numpy(integer["logits"]))
+        logits["integer sim"].append(exact(batch))
         for name in points:
             diff = integer[name].astype(np.int32) - reference[name].astype(np.int32)
             differing[name] += int(np.count_nonzero(diff))
             largest[name] = max(largest[name], int(np.abs(diff).max()))
             sizes[name] += diff.size
     print(f"{args.model}:{args.weights} {args.scheme}, {len(x)} images")
-    for a, b in (("sim", "reference"), ("reference", "integer"), ("sim", "integer")):
+    for a, b in (("sim", "reference"), ("reference", "integer"), ("sim", "integer"), ("integer sim", "integer")):
         res = agreement(torch.cat(logits[a]), torch.cat(logits[b]))
         sqnr = res["logit_sqnr_db"]
-        print(f"  {a:9s} vs {b:9s}: top-1 agreement {100 * res['top1_agreement']:6.2f}%, logit SQNR "
+        print(f"  {a:11s} vs {b:9s}: top-1 agreement {100 * res['top1_agreement']:6.2f}%, logit SQNR "
               + (f"{sqnr:5.1f} dB" if sqnr is not None else "identical"))
     print("\n  quantized activation (graph order)                    codes differing   max |diff|")
     for name in points:

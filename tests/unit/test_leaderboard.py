@@ -45,7 +45,7 @@ def test_formats_render_the_same_numbers_deterministically(tmp_path: Path) -> No
                                "refine:adaround": 500.0, "evaluate_sim": 120.0}
     loaded = LoadResult(records=records, problems=[(tmp_path / "junk.json", "not valid JSON")])
     md = leaderboard.render_markdown(loaded)
-    assert "| minmax | w8a8-pc | simulated | 88.75 [86.75, 90.75] | 99.00 | -1.25 | best | 1000 |  |  | 510.2 |  |" in md
+    assert "| minmax | w8a8-pc | simulated | 88.75 [86.75, 90.75] | 99.00 | -1.25 | best | 1000 |  |  |  | 510.2 |  |" in md
     assert "skipped junk.json: not valid JSON" in md and "Measured on: CPU X (2 threads), torch 2.13.0." in md
     assert md == leaderboard.render_markdown(loaded)
     rows = list(csv.DictReader(io.StringIO(leaderboard.render_csv(loaded))))
@@ -104,6 +104,14 @@ def test_real_kernel_rows_show_the_deployed_accuracy_the_simulated_one_and_their
         "deployed", 0.79, 0.80, 0.996, 31.5)
     md = leaderboard.render_markdown(LoadResult(records=[deployed], problems=[]))
     assert "| minmax | w8a8-pc | ort-qdq | 79.00 [77.00, 81.00] | 95.00 |" in md and "| 80.00 | 99.60 |" in md
+    # The integer simulation's agreement, and operators the runtime ran in float, are shown.
+    deployed["agreement_integer_sim"] = {"top1_agreement": 1.0, "images": 1000, "logit_sqnr_db": None,
+                                         "max_abs_logit_diff": 0.0}
+    deployed["deployment"] = {"3x224x224": {"float_compute_ops": {"FusedConv": 35}, "integer_ops": 29, "ops": {}}}
+    row = leaderboard.rows_from_records([deployed])[0]
+    assert row["agreement_int_sim"] == 1.0 and row["note"] == "float ops: FusedConv x35"
+    md = leaderboard.render_markdown(LoadResult(records=[deployed], problems=[]))
+    assert "| 80.00 | 99.60 | 100.00 |" in md and "float ops: FusedConv x35" in md
 
 
 def test_latency_table_shows_the_records_medians_throughput_speedup_and_size() -> None:
