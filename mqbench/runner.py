@@ -46,6 +46,7 @@ from mqbench.metrics.latency import LatencySettings, measure_cell
 from mqbench.models.weights import load_into, resolve_weights
 from mqbench.plugins import Plugins
 from mqbench.progress import SILENT, Reporter
+from mqbench.quant.integer_sim import UnsupportedOp
 from mqbench.schemes import FP32, QuantScheme, parse_scheme
 from mqbench.store import SCHEMA, SCHEMA_VERSION, Store, new_record_id
 from mqbench.suites import Suite
@@ -395,8 +396,11 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                 exact = backend.integer_simulation(qsim)
                 if exact is not None:
                     with timer("evaluate_integer_sim"):
-                        evaluations["integer_sim"] = evaluate(exact, evalset, ws.batch_size, ws.reporter,
-                                                              "evaluating (integer sim)")
+                        try:
+                            evaluations["integer_sim"] = evaluate(exact, evalset, ws.batch_size, ws.reporter,
+                                                                  "evaluating (integer sim)")
+                        except UnsupportedOp as exc:  # the deployment is still measured; say why no int-sim
+                            record["integer_sim_unavailable"] = str(exc)
                 with timer("convert"):
                     deployed = backend.convert(qsim)
                 with timer("evaluate_deployed"):

@@ -4,20 +4,25 @@ average pooling, the classifier), before and after cross-layer equalization, per
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from torch import nn
 
+from mqbench import runner
 from mqbench.backends.ort_int8 import OnnxModel, OrtQDQ, cpu_isa, export_qdq, integer_op_summary
 from mqbench.data.synthetic import generate
 from mqbench.methods.cle import CLEConfig, cross_layer_equalize
 from mqbench.models.builtin import quick_mobilenet_v1, quick_mobilenet_v2
 from mqbench.models.layers import Conv2dSame
+from mqbench.plugins import get_plugins
 from mqbench.quant import mlas
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.integer_sim import IntegerSimulation, UnsupportedOp
 from mqbench.quant.qsim import Placement, QuantSim
 from mqbench.schemes import parse_scheme
+from mqbench.suites import QUICK
 from tests.unit.test_ort_int8 import _trained_like
 
 pytest.importorskip("onnxruntime")
@@ -99,7 +104,7 @@ class Gated(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.conv = nn.Conv2d(3, 4, 3)
-        self.fc = nn.Linear(4, 2)
+        self.fc = nn.Linear(4, 10)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.sigmoid(self.conv(x)).mean((2, 3)))
@@ -115,3 +120,18 @@ def test_a_quantsim_placed_for_float_biases_is_refused() -> None:
     qsim = QuantSim.from_float(quick_mobilenet_v1(10).eval(), parse_scheme("w8a8-pc"), Placement(int32_bias=False))
     with pytest.raises(ValueError, match="int32 biases"):
         IntegerSimulation(qsim)
+
+
+
+def test_a_cell_whose_graph_the_integer_simulation_cannot_model_still_measures_the_deployment(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
+    plugins = get_plugins()
+    cell = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax"], backends=["ort-qdq"],
+                         schemes=["w8a8-pc"], eval_limit=16)[0]
+    ws = runner.Workspace(plugins, latency=None)
+    monkeypatch.setattr(ws, "float_model", lambda model, weights: (Gated().eval(), {"source": "test"}))
+    record = runner.run_cell(cell, ws)
+    assert record["status"] == "ok", record.get("error")
+    assert "sigmoid" in record["integer_sim_unavailable"] and "deployed" in record["metrics"]
+    assert "agreement_integer_sim" not in record and record["agreement"]["images"] == 16
