@@ -11,40 +11,15 @@ the runtime more often than with itself in another float precision.
 
 from __future__ import annotations
 
-import argparse
-import os
-
 import torch
+from ort_rounding_evidence import minmax_qsim, parse_args  # the same calibrated QuantSim as that script
 
-from mqbench.backends.ort_int8 import OrtQDQ
-from mqbench.data.paths import DATA_ENV
 from mqbench.metrics.accuracy import agreement
-from mqbench.plugins import get_plugins
-from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
-from mqbench.runner import Workspace
-from mqbench.schemes import parse_scheme
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("model")
-    parser.add_argument("weights")
-    parser.add_argument("--scheme", default="w8a8-pc")
-    parser.add_argument("--calib", type=int, default=512, help="calibration images (default 512, as the suite)")
-    parser.add_argument("--images", type=int, default=None, help="evaluation images (default all of val-1300)")
-    parser.add_argument("--data-dir", help=f"real data folder (default ${DATA_ENV} or ../shared/data)")
-    args = parser.parse_args()
-    if args.data_dir:
-        os.environ[DATA_ENV] = args.data_dir
-    ws = Workspace(get_plugins())
-    preprocess = ws.plugins.models.get(args.model).get_weights(args.weights).preprocess
-    calib = ws.split("imagenet", "calib", args.calib, preprocess)
-    evalset = ws.split("imagenet", "test", args.images, preprocess)
-    model, _ = ws.float_model(args.model, args.weights)
-    qsim = OrtQDQ().prepare(model, parse_scheme(args.scheme))
-    calibrate_weights(qsim, minmax_observer)
-    calibrate_activations(qsim, calib, minmax_observer)
-    qsim.eval()
+    args = parse_args(__doc__.split("\n\n")[0], images=None)
+    qsim, evalset = minmax_qsim(args)
     with torch.no_grad():
         single = torch.cat([qsim(x) for x, _ in evalset.batches(128)])
         qsim.double()

@@ -30,30 +30,37 @@ import numpy as np
 import torch
 
 from mqbench.backends.ort_int8 import OrtQDQ, export_qdq
+from mqbench.data import Split
 from mqbench.data.paths import DATA_ENV
 from mqbench.metrics.accuracy import agreement
 from mqbench.plugins import get_plugins
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.integer_sim import IntegerSimulation
+from mqbench.quant.qsim import QuantSim
 from mqbench.runner import Workspace
 from mqbench.schemes import parse_scheme
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def parse_args(description: str, images: int | None) -> argparse.Namespace:
+    """The arguments every evidence script takes (model, weights, scheme, data sizes, data folder)."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("model")
     parser.add_argument("weights")
     parser.add_argument("--scheme", default="w8a8-pc")
     parser.add_argument("--dataset", default="imagenet")
     parser.add_argument("--calib", type=int, default=512, help="calibration images (default 512, as the suite)")
-    parser.add_argument("--images", type=int, default=256, help="evaluation images compared (default 256)")
+    parser.add_argument("--images", type=int, default=images,
+                        help=f"evaluation images compared (default {images or 'all'})")
     parser.add_argument("--data-dir", help=f"real data folder (default ${DATA_ENV} or ../shared/data)")
     args = parser.parse_args()
     if args.data_dir:
         os.environ[DATA_ENV] = args.data_dir
-    import onnx
-    import onnxruntime as ort
+    return args
 
+
+def minmax_qsim(args: argparse.Namespace) -> tuple[QuantSim, Split]:
+    """The QuantSim placed for ONNX Runtime and calibrated with minmax, as ``mqbench run`` does it, and the
+    evaluation images."""
     ws = Workspace(get_plugins())
     preprocess = ws.plugins.models.get(args.model).get_weights(args.weights).preprocess
     calib = ws.split(args.dataset, "calib", args.calib, preprocess)
@@ -62,7 +69,15 @@ def main() -> None:
     qsim = OrtQDQ().prepare(model, parse_scheme(args.scheme))
     calibrate_weights(qsim, minmax_observer)
     calibrate_activations(qsim, calib, minmax_observer)
-    qsim.eval()
+    return qsim.eval(), evalset
+
+
+def main() -> None:
+    args = parse_args(__doc__.split("\n\n")[0], images=256)
+    import onnx
+    import onnxruntime as ort
+
+    qsim, evalset = minmax_qsim(args)
     x = torch.cat([b for b, _ in evalset.batches(256)])
     graph = export_qdq(qsim, x[:1])
     points = [n.output[0] for n in graph.graph.node if n.op_type == "QuantizeLinear"]

@@ -165,13 +165,9 @@ class IntegerSimulation(nn.Module):
             return self._quantize(module, first)
         if isinstance(module, (QuantConv2d, QuantLinear)):
             return self._layer(module, first, str(node.target))
-        if is_activation(node, modules) and isinstance(first, (Pending, Codes)):
-            bounds = _activation_bounds(node, modules)
-            if isinstance(first, Pending):
-                first.clamps.append(bounds)
-                return first
-            return Codes(self._clamp(first.q, [bounds], first.scale, first.zero_point, 0, 255), first.scale,
-                         first.zero_point)
+        if is_activation(node, modules) and isinstance(first, Pending):  # fused into the op before it
+            first.clamps.append(_activation_bounds(node, modules))
+            return first
         if is_add(node) and all(isinstance(a, Codes) for a in args[:2]):
             return self._add(args[0], args[1], node.name)
         if is_pool(node, modules) and isinstance(first, Codes):
