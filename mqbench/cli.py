@@ -1,4 +1,4 @@
-"""The ``mqbench`` command line: list, plugins, run, leaderboard.
+"""The ``mqbench`` command line: list, plugins, run, analyze, leaderboard.
 
 Exit codes: 0 success; 1 some cells failed (summary printed); 2 usage error (unknown name, bad
 scheme, unusable results directory); 130 interrupted (every finished cell is stored).
@@ -7,10 +7,12 @@ scheme, unusable results directory); 130 interrupted (every finished cell is sto
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -23,6 +25,7 @@ from mqbench.errors import UsageError
 from mqbench.metrics.latency import LatencySettings
 from mqbench.plugins import DISABLE_ENV, Plugins, get_plugins
 from mqbench.progress import Reporter, make_progress
+from mqbench.report import layerwise as layerwise_report
 from mqbench.report import leaderboard
 from mqbench.store import Store
 from mqbench.suites import DEFAULT_SUITE
@@ -121,6 +124,17 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     suite = plugins.suites.get(args.suite or DEFAULT_SUITE)
     cells = runner.expand(plugins, suite, args.model or (), args.method or (), args.backend or (),
                           args.scheme or (), eval_limit=args.limit)
+    if args.layerwise is not None:
+        if args.layerwise <= 0:
+            raise UsageError(f"--layerwise needs a positive number of images, got {args.layerwise}")
+        cells = [dataclasses.replace(c, layerwise_images=args.layerwise) for c in cells]
+    return _run_cells(args, plugins, suite.name, cells, print_table=not args.quiet)
+
+
+def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cells: Sequence[Any],
+               print_table: bool) -> int:
+    from mqbench import runner
+
     store = Store(_results_dir(args))
     store.ensure_writable()
     progress = make_progress(enabled=not args.quiet)
@@ -143,7 +157,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
         else:
             progress.console.print(f"[red]FAILED[/] {label}: {record['error']['type']}: {record['error']['message']}")
 
-    err.print(f"suite {suite.name}: {len(cells)} cells; results in {store.root}")
+    err.print(f"suite {suite_name}: {len(cells)} cells; results in {store.root}")
     try:
         with progress:
             summary = runner.run(cells, store, ws, force=args.force, on_record=report)
@@ -156,7 +170,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     loaded = store.load()
     for path, problem in loaded.problems:
         err.print(f"[yellow]warning[/]: skipped {path}: {problem}")
-    if not args.quiet:
+    if print_table:
         leaderboard.print_rich(loaded, out)
     if summary.failed:
         err.print(f"[red]{len(summary.failed)} of {summary.to_run} cells failed:[/]")
@@ -168,13 +182,76 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
+def _suite_for(plugins: Plugins, model: str) -> str:
+    """The first registered suite that evaluates on the dataset ``model`` (``name[:weights]``) classifies."""
+    name, _sep, weights = model.partition(":")
+    spec = plugins.models.get(name)
+    dataset = spec.get_weights(weights or spec.default_weights).dataset
+    for suite in plugins.suites:
+        if suite.dataset == dataset:
+            return str(suite.name)
+    raise UsageError(f"no suite evaluates on {dataset!r}, the dataset of {model}; give --suite")
+
+
+def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
+    from mqbench import runner
+
+    if args.images <= 0:
+        raise UsageError(f"--images needs a positive number of images, got {args.images}")
+    if args.limit is not None and args.limit <= 0:
+        raise UsageError(f"--limit must be a positive number of images, got {args.limit}")
+    if args.data_dir:
+        if not os.path.isdir(args.data_dir):
+            raise UsageError(f"--data-dir {args.data_dir} is not a directory")
+        os.environ[DATA_ENV] = args.data_dir
+    suite = plugins.suites.get(args.suite or _suite_for(plugins, args.model[0]))
+    cells = runner.expand(plugins, suite, args.model, args.method or (), args.backend or ("simulated",),
+                          args.scheme or (), eval_limit=args.limit)
+    cells = [dataclasses.replace(c, layerwise_images=args.images) for c in cells]
+    args.no_latency, args.latency_runs, args.latency_time = True, 20, 2.0
+    code = _run_cells(args, plugins, suite.name, cells, print_table=False)
+    if code == 130:
+        return code
+    store = Store(_results_dir(args))
+    loaded = store.load()
+    wanted = {runner.config_hash(runner.cell_config(c, plugins)) for c in cells}
+    records = [r for r in layerwise_report.analysed(loaded.records) if r["config_hash"] in wanted]
+    unavailable = [r for r in loaded.records if r["config_hash"] in wanted and r.get("layerwise_unavailable")]
+    for r in unavailable:
+        err.print(f"no layer-wise analysis of {r['config']['model']} {r['config']['pipeline']} {r['config']['scheme']}"
+                  f" {r['config']['backend']}: {r['layerwise_unavailable']}")
+    details = {r["record_id"]: store.attachment(r, "layerwise") for r in records}
+    if not args.quiet:
+        for r in records:
+            out.print(layerwise_report.layer_table(r, details[r["record_id"]]))
+            kinds = r["layerwise"].get("weight_range_ratio_median_by_kind") or {}
+            out.print("weight range ratio (largest / median channel), median per layer kind: "
+                      + ", ".join(f"{k} {v:.1f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
+    if records:
+        out.print(layerwise_report.error_table(layerwise_report.error_rows(records)))
+        plots_dir = Path(args.plots) if args.plots else store.root / "plots"
+        written = layerwise_report.render_plots(records, lambda r: details[r["record_id"]], plots_dir)
+        for path in written:
+            out.print(f"plot: {path}")
+    return code
+
+
 def cmd_leaderboard(args: argparse.Namespace, plugins: Plugins) -> int:
     store = Store(_results_dir(args))
     loaded = store.load()
     for path, problem in loaded.problems:
         err.print(f"warning: skipped {path}: {problem}")
+    links: list[str] = []
+    if args.plots:
+        written = layerwise_report.render_plots(loaded.records, lambda r: store.attachment(r, "layerwise"),
+                                                Path(args.plots))
+        links = [str(p) for p in written]
+        for p in written:
+            err.print(f"plot: {p}")
     if args.format == "rich":
         leaderboard.print_rich(loaded, out)
+    elif args.format == "md":
+        sys.stdout.write(leaderboard.render_markdown(loaded, links))
     else:
         sys.stdout.write(leaderboard.RENDERERS[args.format](loaded))
     return 0
@@ -229,11 +306,45 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency: at least N timed calls per setting, after 3 warm-up calls (default 20)")
     p.add_argument("--latency-time", type=float, default=2.0, metavar="S",
                    help="latency: and at least S seconds of timed calls per setting (default 2)")
+    p.add_argument("--layerwise", type=int, nargs="?", const=128, metavar="N",
+                   help="also analyse each quantized cell layer by layer on its first N evaluation images (default "
+                   "N 128): local and accumulated SQNR, ranges; stored with the record (see `mqbench analyze`)")
     p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser(
+        "analyze", help="layer-wise error accumulation of quantized cells: tables and plots",
+        description="Run (or reuse) the cells of --model x --method x --scheme x --backend with a layer-wise "
+        "analysis against the float model on the same evaluation images: for each weighted layer its local error "
+        "(only that layer quantized, float input) and accumulated error (everything up to it quantized) as SQNR, "
+        "MSE, cosine and per-channel mean shift; per-channel weight and activation ranges; the distribution shift "
+        "of its activations. Prints a table per cell and the error-accumulation summary, and writes PNG plots "
+        "(SQNR against depth with the pipelines overlaid, per-channel weight ranges). A stored cell without the "
+        "analysis is rerun once (a newer record); with it, reused. Latency is not measured.",
+        epilog="Example: mqbench analyze --model mobilenet_v2:tf2ptq --method minmax --method cle+bias_correction "
+        "--scheme w8a8-pt")
+    p.add_argument("--model", action="append", required=True, metavar="M", help="model or model:weights (repeatable)")
+    p.add_argument("--method", action="append", metavar="P", help="pipeline (repeatable; default: the suite's)")
+    p.add_argument("--scheme", action="append", metavar="S", help="scheme (repeatable; default: the suite's)")
+    p.add_argument("--backend", action="append", metavar="B",
+                   help="backend whose quantizer placement is analysed (repeatable; default simulated: no deployment)")
+    p.add_argument("--images", type=int, default=128, metavar="N",
+                   help="analyse on the first N evaluation images (default 128)")
+    p.add_argument("--suite", metavar="S", help="suite giving the dataset and data sizes (default: the first suite "
+                   "that evaluates on the model's dataset)")
+    p.add_argument("--plots", metavar="DIR", help="where to write the PNG plots (default RESULTS/plots)")
+    p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")
+    p.add_argument("--data-dir", metavar="DIR", help=f"real data folder (default ${DATA_ENV}, else ../shared/data)")
+    p.add_argument("--force", action="store_true", help="rerun the cells even when their analysis is stored")
+    p.add_argument("--limit", type=int, metavar="N", help="evaluate accuracy on the first N test images only")
+    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="evaluation batch size (default 256)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars and no per-layer tables")
+    p.set_defaults(func=cmd_analyze)
 
     p = sub.add_parser("leaderboard", help="render the leaderboard from stored records",
                        description="Render the leaderboard from the records in the results directory only.")
     p.add_argument("--format", choices=("rich", "md", "csv", "json"), default="rich", help="output format")
+    p.add_argument("--plots", metavar="DIR", help="also render the error-accumulation plots of analysed records into "
+                   "DIR (linked from the Markdown output)")
     p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")
     p.set_defaults(func=cmd_leaderboard)
     return parser

@@ -43,12 +43,13 @@ from mqbench.methods import STAGE_ORDER, Method, MethodConfig, StepContext
 from mqbench.metrics import Evaluation
 from mqbench.metrics.accuracy import agreement
 from mqbench.metrics.latency import LatencySettings, measure_cell
+from mqbench.metrics.layerwise import analyze
 from mqbench.models.weights import load_into, resolve_weights
 from mqbench.plugins import Plugins
 from mqbench.progress import SILENT, Reporter
 from mqbench.quant.integer_sim import UnsupportedOp
 from mqbench.schemes import FP32, QuantScheme, parse_scheme
-from mqbench.store import SCHEMA, SCHEMA_VERSION, Store, new_record_id
+from mqbench.store import ATTACHMENTS_KEY, SCHEMA, SCHEMA_VERSION, Store, new_record_id
 from mqbench.suites import Suite
 
 
@@ -66,6 +67,9 @@ class Cell:
     calib_size: int = 256
     eval_limit: int | None = None
     suite: str | None = None
+    # Layer-wise analysis on the first N evaluation images (None: none). A measurement added to the cell, not
+    # part of its config: a stored record without it is rerun (adding a newer record) when it is asked for.
+    layerwise_images: int | None = None
 
 
 @dataclass(frozen=True)
@@ -367,6 +371,10 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                     model = step.method.transform(model, step.config, ctx)
         evaluations: dict[str, Evaluation] = {}
         deployed: Deployed | None = None
+        if cell.layerwise_images and (scheme.is_float or backend.calibrates_itself):
+            record["layerwise_unavailable"] = ("an fp32 cell quantizes nothing" if scheme.is_float else
+                                               f"backend {backend.name} quantizes with its own runtime: no QuantSim "
+                                               "to analyse")
         if scheme.is_float:
             with timer("deploy"):
                 deployed = backend.deploy_float(model)
@@ -392,6 +400,12 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                         step.method.refine(qsim, model, calib, step.config, ctx)
             with timer("evaluate_sim"):
                 evaluations["sim"] = evaluate(qsim.eval(), evalset, ws.batch_size, ws.reporter, "evaluating (sim)")
+            if cell.layerwise_images:
+                with timer("layerwise"):
+                    images = next(evalset.head(cell.layerwise_images).batches(cell.layerwise_images))[0]
+                    detail = analyze(qsim, images, seed=cell.seed, reporter=ws.reporter)
+                record["layerwise"] = {"images": detail["images"], "split": "test", **detail["summary"]}
+                record[ATTACHMENTS_KEY] = {"layerwise": detail}
             if not backend.simulation_only:
                 exact = backend.integer_simulation(qsim)
                 if exact is not None:
@@ -455,6 +469,17 @@ def _replace_non_finite(obj: Any, path: str = "") -> list[str]:
     return bad
 
 
+def _satisfied(cell: Cell, record: dict[str, Any] | None) -> bool:
+    """Whether the newest stored record of ``cell`` (None: none) answers it: it exists, and holds the
+    layer-wise analysis the cell asks for, unless the cell has nothing to analyse (float, skipped, a peer
+    runtime that quantizes itself: no QuantSim, so the record says ``layerwise_unavailable``)."""
+    if record is None:
+        return False
+    if not cell.layerwise_images or record["status"] == "skipped" or "layerwise_unavailable" in record:
+        return True
+    return int((record.get("layerwise") or {}).get("images") or 0) >= cell.layerwise_images
+
+
 class Executor(Protocol):
     """Runs cells and yields their records as they finish (in any order)."""
 
@@ -484,8 +509,8 @@ def run(cells: Sequence[Cell], store: Store, ws: Workspace, executor: Executor |
         force: bool = False, on_record: Callable[[dict[str, Any]], None] | None = None) -> RunSummary:
     """Run the cells not yet stored (all with ``force``); append each record as it finishes."""
     store.ensure_writable()
-    done = set() if force else store.completed_hashes()
-    todo = [c for c in cells if config_hash(cell_config(c, ws.plugins)) not in done]
+    stored = {} if force else store.completed()
+    todo = [c for c in cells if not _satisfied(c, stored.get(config_hash(cell_config(c, ws.plugins))))]
     summary = RunSummary(to_run=len(todo), already_stored=len(cells) - len(todo))
     executor = executor or InProcessExecutor()
     for record in ws.reporter.track(executor.map(lambda c: run_cell(c, ws), todo), "cells", total=len(todo)):

@@ -9,6 +9,7 @@ at most a hidden temp file, which is never read as a record. Files that are not 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import tempfile
 import uuid
@@ -20,6 +21,9 @@ from mqbench.errors import ResultsDirError
 from mqbench.fsutil import atomic_write
 
 SCHEMA = "mqbench.record"
+# A record dict may carry large per-cell data under this key (name -> JSON-serialisable object): ``append``
+# writes each to ``<results>/attachments/`` first and the record references it by path and sha256.
+ATTACHMENTS_KEY = "_attachments"
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "failed", "skipped")
 
@@ -64,7 +68,8 @@ class Store:
                                   "choose another with --results") from None
 
     def append(self, record: dict[str, Any]) -> Path:
-        """Write ``record`` atomically as a new file; never replaces an existing file."""
+        """Write ``record`` atomically as a new file; never replaces an existing file. Its attachments
+        (:data:`ATTACHMENTS_KEY`) are written first, each atomically, so a stored record's references resolve."""
         problem = validate(record)
         if problem:
             raise ValueError(f"refusing to store an invalid record: {problem}")
@@ -72,6 +77,14 @@ class Store:
         stamp = record["created"].replace(":", "").replace("-", "").split(".")[0]
         name = f"{stamp}-{record['config_hash'][:12]}-{record['record_id'][:8]}.json"
         final = self.records_dir / name
+        attachments = record.pop(ATTACHMENTS_KEY, None) or {}
+        for key, payload in sorted(attachments.items()):
+            blob = json.dumps(payload, indent=None, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+            path = self.root / "attachments" / f"{final.stem}.{key}.json"
+            atomic_write(path, blob + b"\n", overwrite=False)
+            record.setdefault("attachments", {})[key] = {
+                "path": path.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(blob + b"\n").hexdigest(),
+                "bytes": len(blob) + 1}
         data = json.dumps(record, indent=1, sort_keys=True, allow_nan=False).encode() + b"\n"
         atomic_write(final, data, overwrite=False)  # raises FileExistsError instead of overwriting
         return final
@@ -100,7 +113,28 @@ class Store:
 
     def completed_hashes(self) -> set[str]:
         """Config hashes with a stored ``ok`` or ``skipped`` record (failed cells are retried)."""
-        return {r["config_hash"] for r in self.load().records if r["status"] in ("ok", "skipped")}
+        return set(self.completed())
+
+    def completed(self) -> dict[str, dict[str, Any]]:
+        """The newest ``ok`` or ``skipped`` record of each config hash that has one."""
+        return {r["config_hash"]: r for r in self.load().records if r["status"] in ("ok", "skipped")}
+
+    def attachment(self, record: dict[str, Any], key: str) -> Any:
+        """The attachment ``key`` of a loaded ``record``, verified against the sha256 the record holds;
+        ResultsDirError naming the file when it is missing, altered or not JSON."""
+        ref = (record.get("attachments") or {}).get(key)
+        if not isinstance(ref, dict) or not isinstance(ref.get("path"), str):
+            raise ResultsDirError(f"record {record.get('record_id', '?')} has no {key!r} attachment")
+        path = self.root / ref["path"]
+        try:
+            blob = path.read_bytes()
+        except OSError as exc:
+            raise ResultsDirError(f"attachment {path} of record {record.get('record_id', '?')} cannot be read "
+                                  f"({exc.strerror or exc}); restore it or rerun the cell with --force") from None
+        if hashlib.sha256(blob).hexdigest() != ref.get("sha256"):
+            raise ResultsDirError(f"attachment {path} does not match the sha256 in its record (altered or "
+                                  "truncated); restore it or rerun the cell with --force")
+        return json.loads(blob)
 
 
 def new_record_id() -> str:

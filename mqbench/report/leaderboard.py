@@ -26,6 +26,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mqbench.metrics.accuracy import mcnemar_p, unpack_bits
+from mqbench.report import layerwise
 from mqbench.store import LoadResult
 
 FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme", "seed", "status", "evaluated",
@@ -244,7 +245,9 @@ def _latency_rows(group: Sequence[dict[str, Any]]) -> list[list[str]]:
 STATUS_TEXT = {"ok": "", "failed": "FAILED", "skipped": "skipped"}
 
 
-def render_markdown(loaded: LoadResult) -> str:
+def render_markdown(loaded: LoadResult, plots: Sequence[str] = ()) -> str:
+    """The leaderboard in Markdown; ``plots``: image paths (as the page should link them) shown under the
+    error-accumulation table."""
     rows = rows_from_records(loaded.records)
     lines = ["# mqbench leaderboard", ""]
     if not rows:
@@ -267,6 +270,14 @@ def render_markdown(loaded: LoadResult) -> str:
                       "|" + "---|" * len(header)]
             lines += ["| " + " | ".join(cells) + " |" for cells in latency]
             lines.append("")
+    errors = layerwise.error_rows(loaded.records)
+    if errors:
+        lines += ["## Error accumulation", "", "| " + " | ".join(layerwise.ERROR_HEADER) + " |",
+                  "|" + "---|" * len(layerwise.ERROR_HEADER)]
+        lines += ["| " + " | ".join(layerwise.error_cells(row)) + " |" for row in errors]
+        lines += ["", layerwise.ERROR_LEGEND, ""]
+    for link in plots:
+        lines += [f"![{Path(link).stem}]({link})", ""]
     if rows:
         lines += [LEGEND, ""]
     if any(r["lat_b1_t1_ms"] is not None or r["ips_b32_tall"] is not None for r in rows):
@@ -291,6 +302,7 @@ def render_csv(loaded: LoadResult) -> str:
 def render_json(loaded: LoadResult) -> str:
     return json.dumps({"schema": "mqbench.leaderboard", "schema_version": 1,
                        "rows": rows_from_records(loaded.records),
+                       "error_accumulation": layerwise.error_rows(loaded.records),
                        "problems": [{"file": p.name, "problem": why} for p, why in loaded.problems]},
                       indent=1, sort_keys=True) + "\n"
 
@@ -321,6 +333,9 @@ def print_rich(loaded: LoadResult, console: Console) -> None:
             for cells in latency:
                 lat_table.add_row(*cells)
             console.print(lat_table)
+    errors = layerwise.error_rows(loaded.records)
+    if errors:
+        console.print(layerwise.error_table(errors))
     prov = _provenance_line(loaded.records)
     if prov:
         console.print(prov, style="dim")
