@@ -477,6 +477,8 @@ def _satisfied(cell: Cell, record: dict[str, Any] | None) -> bool:
         return False
     if not cell.layerwise_images or record["status"] == "skipped" or "layerwise_unavailable" in record:
         return True
+    if "qparams_summary" not in record:  # stored without a QuantSim (fp32, a peer runtime): nothing to analyse
+        return True
     return int((record.get("layerwise") or {}).get("images") or 0) >= cell.layerwise_images
 
 

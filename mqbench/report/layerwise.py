@@ -94,7 +94,7 @@ def error_cells(row: dict[str, Any]) -> list[str]:
 def error_table(rows: Sequence[dict[str, Any]]) -> Table:
     table = Table(title="error accumulation", title_justify="left")
     for i, col in enumerate(ERROR_HEADER):
-        table.add_column(col, justify="left" if i < 4 else "right")
+        table.add_column(col, justify="left" if i < 4 else "right", overflow="fold")
     for row in rows:
         table.add_row(*error_cells(row))
     return table

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from mqbench.data.synthetic import generate
+from mqbench.metrics.layerwise import analyze
 from mqbench.models.builtin import quick_mobilenet_v2
 from mqbench.quant import functional as Q
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
@@ -39,6 +40,17 @@ def test_forward_batch256(benchmark, which: str) -> None:
         model = qsim.eval()
     with torch.inference_mode():
         benchmark(model, x)
+
+
+def test_layerwise_analysis_quick_mobilenet_v2(benchmark) -> None:
+    """The layer-wise analysis against one QuantSim forward pass of the same 256 images (it costs about three
+    forward passes plus the statistics; the MobileNetV2 figure is in the README)."""
+    torch.manual_seed(0)
+    data = generate(0, "calib", 256)
+    qsim = QuantSim.from_float(quick_mobilenet_v2(10).eval(), parse_scheme("w8a8-pt"))
+    calibrate_weights(qsim, minmax_observer)
+    calibrate_activations(qsim, data, minmax_observer)
+    benchmark.pedantic(analyze, args=(qsim.eval(), data.normalize(data.images)), rounds=3, iterations=1)
 
 
 def _record(i: int) -> dict:

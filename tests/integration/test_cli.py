@@ -134,6 +134,9 @@ def test_plugin_raising_in_a_cell_fails_only_that_cell(quick_run, boom_env: dict
     (["run", "--all", "--scheme", "w8a9x"], "malformed scheme 'w8a9x'"),
     (["run", "--all", "--method", "fp32+minmax"], "cannot be combined"),
     (["run"], "nothing to run"),
+    (["run", "--all", "--layerwise", "0"], "--layerwise needs a positive number of images"),
+    (["analyze", "--model", "quick_cnn", "--images", "0"], "--images needs a positive number of images"),
+    (["analyze", "--model", "quick_cnm"], "unknown model 'quick_cnm'"),
 ])
 def test_usage_errors_exit_2_with_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
     res = mqbench(*args, "--results", str(tmp_path / "r"), env=cli_env(tmp_path / "cache"))
@@ -217,3 +220,47 @@ def test_plugins_and_list_report_a_backend_whose_runtime_is_missing(tmp_path: Pa
                   "--limit", "20", "--results", str(tmp_path / "r"), env=env)
     assert run.returncode == 0, run.stderr
     assert "unavailable: onnxruntime is not installed" in run.stdout + run.stderr
+
+
+def test_analyze_stores_layerwise_records_plots_and_reuses_them(quick_run, cache: Path, tmp_path: Path) -> None:
+    results, plots = tmp_path / "r", tmp_path / "plots"
+    env = cli_env(cache)
+    # a cell stored without the analysis is rerun once by `analyze` (a newer record), then reused
+    res = mqbench("run", "--model", "quick_mobilenet_v2", "--method", "minmax", "--scheme", "w8a8-pt", "--no-latency",
+                  "--quiet", "--results", str(results), env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    args = ("analyze", "--model", "quick_mobilenet_v2", "--method", "minmax", "--method", "cle+minmax+bias_correction",
+            "--method", "fp32", "--scheme", "w8a8-pt", "--images", "64", "--results", str(results), "--plots", str(plots))
+    res = mqbench(*args, env=env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "quick_mobilenet_v2 (synthetic) minmax w8a8-pt on simulated: 64 images" in res.stdout
+    assert "error accumulation" in res.stdout and "median per layer kind: " in res.stdout
+    assert "no layer-wise analysis of quick_mobilenet_v2 fp32 fp32 simulated: an fp32 cell quantizes nothing" in res.stderr
+    written = sorted(p.name for p in plots.iterdir())
+    assert written == ["sqnr-quick_mobilenet_v2-synthetic-w8a8-pt-simulated.png",
+                       "weight-ranges-quick_mobilenet_v2-synthetic.png"]
+    assert all((plots / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for name in written)
+    store = Store(results)
+    records = _records(results)
+    assert len(records) == 4  # minmax twice (without, then with the analysis), cle+..., fp32
+    analysed = [r for r in records if r.get("layerwise")]
+    assert sorted(r["config"]["pipeline"] for r in analysed) == ["cle+minmax+bias_correction", "minmax"]
+    for r in analysed:
+        detail = store.attachment(r, "layerwise")
+        assert detail["images"] == 64 and len(detail["layers"]) == r["layerwise"]["layers"] == 26
+        assert r["layerwise"]["final_sqnr_db"] == detail["layers"][-1]["accumulated"]["sqnr_db"]
+        assert r["timings_s"]["layerwise"] > 0
+    res = mqbench(*args, env=env)  # everything stored: nothing reruns
+    assert res.returncode == 0 and "3 of 3 cells already stored" in res.stderr
+    res = mqbench("run", "--model", "quick_mobilenet_v2", "--method", "minmax", "--scheme", "w8a8-pt", "--no-latency",
+                  "--quiet", "--results", str(results), env=env)
+    assert res.returncode == 0 and "1 of 1 cells already stored" in res.stderr  # a plain run is answered too
+    assert len(_records(results)) == 4
+    res = mqbench("leaderboard", "--format", "md", "--results", str(results), "--plots", str(tmp_path / "p2"), env=env)
+    assert res.returncode == 0
+    assert "## Error accumulation" in res.stdout and f"]({tmp_path / 'p2'}/sqnr-quick_mobilenet_v2" in res.stdout
+    # an altered attachment is named, and nothing is rewritten
+    path = results / analysed[0]["attachments"]["layerwise"]["path"]
+    path.write_bytes(path.read_bytes()[:-10] + b"        }\n")
+    res = mqbench("leaderboard", "--results", str(results), "--plots", str(tmp_path / "p3"), env=env)
+    assert res.returncode == 2 and "does not match the sha256 in its record" in res.stderr and path.name in res.stderr

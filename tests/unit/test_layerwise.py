@@ -201,3 +201,17 @@ def test_store_writes_attachments_first_and_verifies_them(tmp_path: Path) -> Non
         store.attachment(loaded, "layerwise")
     with pytest.raises(ResultsDirError, match="no 'other' attachment"):
         store.attachment(loaded, "other")
+
+
+def test_a_stored_cell_answers_an_analysis_request_only_with_enough_analysed_images() -> None:
+    from mqbench.runner import Cell, _satisfied
+
+    cell = Cell("m", "w", "d", "minmax", "simulated", "w8a8-pt", layerwise_images=128)
+    plain = {"status": "ok", "qparams_summary": {}}
+    assert not _satisfied(cell, None) and not _satisfied(cell, plain)
+    assert not _satisfied(cell, {**plain, "layerwise": {"images": 64}})
+    assert _satisfied(cell, {**plain, "layerwise": {"images": 128}})
+    assert _satisfied(Cell("m", "w", "d", "minmax", "simulated", "w8a8-pt"), plain)  # no analysis asked for
+    assert _satisfied(cell, {"status": "ok"})  # no QuantSim (fp32, a peer runtime): nothing to analyse
+    assert _satisfied(cell, {"status": "skipped"})
+    assert _satisfied(cell, {**plain, "layerwise_unavailable": "an fp32 cell quantizes nothing"})

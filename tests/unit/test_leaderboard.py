@@ -133,3 +133,25 @@ def test_latency_table_shows_the_records_medians_throughput_speedup_and_size() -
     assert "| minmax | w8a8-pc | ort-qdq | 3.00 | 2.00 | 320 | 640 | 213 | 3.00x | 3.50 |" in md
     rows = {row["backend"]: row for row in leaderboard.rows_from_records([r, null])}
     assert rows["ort-qdq"]["best_in_scheme"] and rows["null"]["p_vs_best"] is None  # null is never ranked
+
+
+def test_error_accumulation_table_from_analysed_records_only() -> None:
+    plain = rec("minmax", "w8a8-pt", 0.08, "2026-01-01T00:00:01")
+    analysed = rec("minmax", "w8a8-pt", 0.08, "2026-01-01T00:00:02")  # the same cell, rerun with the analysis
+    analysed["layerwise"] = {
+        "images": 128, "layers": 53, "final_sqnr_db": -3.71, "final_sqnr_capped": False, "slope_db_per_layer": -0.114,
+        "largest_drops": [{"layer": "features.1.conv.0.0", "kind": "depthwise", "drop_db": 28.6, "sqnr_db": 12.0}],
+        "worst_local": [{"layer": "features.1.conv.0.0", "kind": "depthwise", "sqnr_db": 12.04}],
+        "weight_range_ratio_median_by_kind": {"depthwise": 7.06, "pointwise": 3.1}}
+    exact = rec("minmax", "w8a8-pc", 0.79, "2026-01-01T00:00:03")
+    exact["layerwise"] = {**analysed["layerwise"], "final_sqnr_db": 150.0, "final_sqnr_capped": True,
+                          "slope_db_per_layer": None, "largest_drops": [], "worst_local": []}
+    loaded = LoadResult(records=[plain, analysed, exact])
+    md = leaderboard.render_markdown(loaded, plots=["plots/sqnr-m.png"])
+    assert ("| m (w) | minmax | w8a8-pt | simulated | 128 | -3.7 | -0.11 | features.1.conv.0.0 (28.6) "
+            "| features.1.conv.0.0 (depthwise) (12.0) | 7.1 | 8.00 |") in md
+    assert "| m (w) | minmax | w8a8-pc | simulated | 128 | >=150 |  |  |  | 7.1 | 79.00 |" in md
+    assert "![sqnr-m](plots/sqnr-m.png)" in md
+    js = json.loads(leaderboard.render_json(loaded))
+    assert [r["final_sqnr_db"] for r in js["error_accumulation"]] == [150.0, -3.71]
+    assert "Error accumulation" not in leaderboard.render_markdown(LoadResult(records=[plain]))
