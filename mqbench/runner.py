@@ -479,7 +479,8 @@ def _satisfied(cell: Cell, record: dict[str, Any] | None) -> bool:
         return True
     if "qparams_summary" not in record:  # stored without a QuantSim (fp32, a peer runtime): nothing to analyse
         return True
-    return int((record.get("layerwise") or {}).get("images") or 0) >= cell.layerwise_images
+    available = ((record.get("data") or {}).get("eval") or {}).get("size") or cell.layerwise_images
+    return int((record.get("layerwise") or {}).get("images") or 0) >= min(cell.layerwise_images, available)
 
 
 class Executor(Protocol):

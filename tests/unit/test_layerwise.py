@@ -211,6 +211,8 @@ def test_a_stored_cell_answers_an_analysis_request_only_with_enough_analysed_ima
     assert not _satisfied(cell, None) and not _satisfied(cell, plain)
     assert not _satisfied(cell, {**plain, "layerwise": {"images": 64}})
     assert _satisfied(cell, {**plain, "layerwise": {"images": 128}})
+    few = {**plain, "data": {"eval": {"size": 50}}}  # an evaluation split smaller than the analysis asked for
+    assert _satisfied(cell, {**few, "layerwise": {"images": 50}}) and not _satisfied(cell, few)
     assert _satisfied(Cell("m", "w", "d", "minmax", "simulated", "w8a8-pt"), plain)  # no analysis asked for
     assert _satisfied(cell, {"status": "ok"})  # no QuantSim (fp32, a peer runtime): nothing to analyse
     assert _satisfied(cell, {"status": "skipped"})
