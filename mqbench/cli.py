@@ -216,8 +216,10 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
     loaded = store.load()
     wanted = {runner.config_hash(runner.cell_config(c, plugins)) for c in cells}
     records = [r for r in layerwise_report.analysed(loaded.records) if r["config_hash"] in wanted]
-    unavailable = [r for r in loaded.records if r["config_hash"] in wanted and r.get("layerwise_unavailable")]
-    for r in unavailable:
+    newest = {r["config_hash"]: r for r in loaded.records if r["config_hash"] in wanted}
+    for r in newest.values():
+        if not r.get("layerwise_unavailable"):
+            continue
         err.print(f"no layer-wise analysis of {r['config']['model']} {r['config']['pipeline']} {r['config']['scheme']}"
                   f" {r['config']['backend']}: {r['layerwise_unavailable']}")
     details = {r["record_id"]: store.attachment(r, "layerwise") for r in records}
