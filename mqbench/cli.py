@@ -109,18 +109,23 @@ def _results_dir(args: argparse.Namespace) -> str:
     return str(args.results or os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS)
 
 
-def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
-    from mqbench import runner
-
-    if not (args.all or args.suite or args.model or args.method or args.backend or args.scheme):
-        raise UsageError("nothing to run: give --all (the default suite), --suite S, or --model/--method/"
-                         "--backend/--scheme to vary the default suite (see `mqbench run --help`)")
+def _check_limit_and_data_dir(args: argparse.Namespace) -> None:
+    """The --limit and --data-dir options of run and analyze: checked, and the data folder made current."""
     if args.limit is not None and args.limit <= 0:
         raise UsageError(f"--limit must be a positive number of images, got {args.limit}")
     if args.data_dir:
         if not os.path.isdir(args.data_dir):
             raise UsageError(f"--data-dir {args.data_dir} is not a directory")
         os.environ[DATA_ENV] = args.data_dir
+
+
+def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
+    from mqbench import runner
+
+    if not (args.all or args.suite or args.model or args.method or args.backend or args.scheme):
+        raise UsageError("nothing to run: give --all (the default suite), --suite S, or --model/--method/"
+                         "--backend/--scheme to vary the default suite (see `mqbench run --help`)")
+    _check_limit_and_data_dir(args)
     suite = plugins.suites.get(args.suite or DEFAULT_SUITE)
     cells = runner.expand(plugins, suite, args.model or (), args.method or (), args.backend or (),
                           args.scheme or (), eval_limit=args.limit)
@@ -198,12 +203,7 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
 
     if args.images <= 0:
         raise UsageError(f"--images needs a positive number of images, got {args.images}")
-    if args.limit is not None and args.limit <= 0:
-        raise UsageError(f"--limit must be a positive number of images, got {args.limit}")
-    if args.data_dir:
-        if not os.path.isdir(args.data_dir):
-            raise UsageError(f"--data-dir {args.data_dir} is not a directory")
-        os.environ[DATA_ENV] = args.data_dir
+    _check_limit_and_data_dir(args)
     suite = plugins.suites.get(args.suite or _suite_for(plugins, args.model[0]))
     cells = runner.expand(plugins, suite, args.model, args.method or (), args.backend or ("simulated",),
                           args.scheme or (), eval_limit=args.limit)

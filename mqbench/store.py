@@ -13,6 +13,7 @@ import hashlib
 import json
 import tempfile
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -135,6 +136,14 @@ class Store:
             raise ResultsDirError(f"attachment {path} does not match the sha256 in its record (altered or "
                                   "truncated); restore it or rerun the cell with --force")
         return json.loads(blob)
+
+
+def newest_per_config(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The newest of each config hash's records (``records`` sorted oldest first, as ``Store.load`` gives them)."""
+    newest: dict[str, dict[str, Any]] = {}
+    for r in records:
+        newest[r["config_hash"]] = r
+    return list(newest.values())
 
 
 def new_record_id() -> str:

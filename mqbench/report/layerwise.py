@@ -17,22 +17,16 @@ from typing import Any
 from rich.table import Table
 
 from mqbench.metrics.layerwise import SQNR_CAP_DB
+from mqbench.store import newest_per_config
 
 ERROR_FIELDS = ("dataset", "model", "weights", "pipeline", "scheme", "backend", "seed", "images", "layers",
                 "final_sqnr_db", "slope_db_per_layer", "largest_drop_layer", "largest_drop_db", "worst_local_layer",
                 "worst_local_sqnr_db", "dw_weight_range_ratio", "sim_top1", "record")
 
 
-def _newest(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    newest: dict[str, dict[str, Any]] = {}
-    for r in records:
-        newest[r["config_hash"]] = r
-    return list(newest.values())
-
-
 def analysed(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     """The newest record of each config that holds a layer-wise analysis, in a stable order."""
-    out = [r for r in _newest(records) if r["status"] == "ok" and r.get("layerwise")]
+    out = [r for r in newest_per_config(records) if r["status"] == "ok" and r.get("layerwise")]
     return sorted(out, key=lambda r: tuple(str(r["config"].get(k)) for k in
                                            ("dataset", "model", "weights", "scheme", "backend", "pipeline", "seed")))
 

@@ -27,7 +27,7 @@ from rich.table import Table
 
 from mqbench.metrics.accuracy import mcnemar_p, unpack_bits
 from mqbench.report import layerwise
-from mqbench.store import LoadResult
+from mqbench.store import LoadResult, newest_per_config
 
 FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme", "seed", "status", "evaluated",
           "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "p_vs_fp32", "p_vs_best",
@@ -37,13 +37,6 @@ FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme
           "size_bytes", "cores")
 METHOD_STAGES = ("transform:", "calibrate:", "refine:")
 ALPHA = 0.05
-
-
-def _latest(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    newest: dict[str, dict[str, Any]] = {}
-    for r in records:  # sorted oldest first by the store
-        newest[r["config_hash"]] = r
-    return list(newest.values())
 
 
 def _accuracy(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
@@ -78,7 +71,7 @@ def _latency_fields(record: dict[str, Any]) -> dict[str, Any]:
 
 def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     rows = []
-    for r in _latest(records):
+    for r in newest_per_config(records):
         c = r["config"]
         which, acc = _accuracy(r)
         note = ""
@@ -203,7 +196,7 @@ def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], list[d
 
 def _provenance_line(records: Sequence[dict[str, Any]]) -> str:
     machines = sorted({f"{r['provenance']['cpu']['model']} ({r['provenance']['threads']} threads), "
-                       f"torch {r['provenance']['torch']}" for r in _latest(records) if r.get("provenance")})
+                       f"torch {r['provenance']['torch']}" for r in newest_per_config(records) if r.get("provenance")})
     if not machines:
         return ""
     flag = "" if len(machines) == 1 else " WARNING: records from several machines or library versions are mixed"
