@@ -140,6 +140,7 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
                print_table: bool) -> int:
     from mqbench import runner
 
+    executor = _executor(args)
     store = Store(_results_dir(args))
     store.ensure_writable()
     progress = make_progress(enabled=not args.quiet)
@@ -165,7 +166,7 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
     err.print(f"suite {suite_name}: {len(cells)} cells; results in {store.root}")
     try:
         with progress:
-            summary = runner.run(cells, store, ws, force=args.force, on_record=report)
+            summary = runner.run(cells, store, ws, executor, force=args.force, on_record=report)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: every finished cell is stored; run the same command again to do "
                   "only the missing cells")
@@ -185,6 +186,24 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
                       f"{r['error']['type']}: {r['error']['message']}")
         return 1
     return 0
+
+
+def _executor(args: argparse.Namespace) -> Any:
+    """The executor ``mqbench run`` asked for; Ray options without ``--executor ray`` are a usage error."""
+    from mqbench import runner
+
+    if getattr(args, "executor", "in-process") != "ray":
+        given = [opt for opt, value, default in (("--address", getattr(args, "address", None), None),
+                                                 ("--cpus-per-cell", getattr(args, "cpus_per_cell", 1.0), 1.0),
+                                                 ("--gpus-per-cell", getattr(args, "gpus_per_cell", 0.0), 0.0),
+                                                 ("--max-retries", getattr(args, "max_retries", 2), 2))
+                 if value != default]
+        if given:
+            raise UsageError(f"{', '.join(given)} only apply to --executor ray")
+        return runner.InProcessExecutor()
+    from mqbench.ray_executor import RayExecutor, RayExecutorConfig
+
+    return RayExecutor(RayExecutorConfig(args.address, args.cpus_per_cell, args.gpus_per_cell, args.max_retries))
 
 
 def _suite_for(plugins: Plugins, model: str) -> str:
@@ -308,6 +327,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency: at least N timed calls per setting, after 3 warm-up calls (default 20)")
     p.add_argument("--latency-time", type=float, default=2.0, metavar="S",
                    help="latency: and at least S seconds of timed calls per setting (default 2)")
+    p.add_argument("--executor", choices=("in-process", "ray"), default="in-process",
+                   help="where cells run: in this process, one after another (default), or as Ray tasks on a local "
+                        "Ray instance or, with --address, an existing cluster (needs: pip install 'mqbench[ray]'); "
+                        "records are written here either way")
+    p.add_argument("--address", metavar="ADDR", help="--executor ray: the cluster to join (e.g. ray://head:10001, "
+                   "head:6379 or auto); without it a local Ray instance runs the sweep")
+    p.add_argument("--cpus-per-cell", type=float, default=1.0, metavar="N",
+                   help="--executor ray: CPUs (Ray resource, and torch threads) each cell takes (default 1)")
+    p.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N",
+                   help="--executor ray: GPUs (Ray resource) each cell reserves (default 0)")
+    p.add_argument("--max-retries", type=int, default=2, metavar="N",
+                   help="--executor ray: reruns of a cell whose worker died or whose task raised, before it is "
+                        "stored as failed (default 2)")
     p.add_argument("--layerwise", type=int, nargs="?", const=128, metavar="N",
                    help="also analyse each quantized cell layer by layer on its first N evaluation images (default "
                    "N 128): local and accumulated SQNR, ranges; stored with the record (see `mqbench analyze`)")

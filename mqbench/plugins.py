@@ -99,12 +99,14 @@ class Plugins:
 
     def __init__(self, builtins: tuple[str, ...] = BUILTIN_PLUGINS, entry_points: bool = True,
                  disable: set[str] | None = None) -> None:
+        disable = disabled_plugins() if disable is None else disable
+        # What another process needs to load the same plugins (an executor's workers).
+        self.recipe: tuple[tuple[str, ...], bool, frozenset[str]] = (tuple(builtins), entry_points, frozenset(disable))
         self.pm = pluggy.PluginManager(PROJECT_NAME)
         self.pm.add_hookspecs(hookspecs)
         self.infos: dict[str, PluginInfo] = {}
         self.registries: dict[str, Registry[Any]] = {
             kind: Registry(kind, item_type) for kind, item_type in REGISTRATION_HOOKS.values()}
-        disable = disabled_plugins() if disable is None else disable
         for modname in builtins:
             self._load(modname, "builtin", modname, functools.partial(importlib.import_module, modname), disable,
                        PROJECT_NAME, __version__)

@@ -12,8 +12,9 @@ The flow of one cell (``run_cell``)::
     deployed = backend.convert(qsim); dep = evaluate(deployed, evalset)   (real backends only)
     record(cell, metrics, provenance, timings)
 
-Cells run through an :class:`Executor` (``InProcessExecutor`` now); the driver writes each record
-as soon as its cell finishes, so a killed run loses at most the cell in flight.
+Cells run through an :class:`Executor` (``InProcessExecutor``, or ``mqbench.ray_executor.RayExecutor``
+over a Ray cluster); the driver writes each record as soon as its cell finishes, so a killed run loses at
+most the cells in flight.
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from mqbench.metrics import Evaluation
 from mqbench.metrics.accuracy import agreement
 from mqbench.metrics.latency import LatencySettings, measure_cell
 from mqbench.metrics.layerwise import analyze
-from mqbench.models.weights import load_into, resolve_weights
+from mqbench.models.weights import ResolvedWeights, load_into, resolve_weights
 from mqbench.plugins import Plugins
 from mqbench.progress import SILENT, Reporter
 from mqbench.quant.integer_sim import UnsupportedOp
@@ -274,15 +275,39 @@ class Workspace:
             self._splits[key] = self.plugins.datasets.get(dataset).load_split(split, limit, preprocess, self.reporter)
         return self._splits[key]
 
+    def weights(self, model: str, weights: str) -> ResolvedWeights:
+        """The float weights ``weights`` of ``model`` (resolved, and trained first if needed, once per process)."""
+        key = (model, weights)
+        if key not in self._weights:
+            spec = self.plugins.models.get(model)
+            wspec = spec.get_weights(weights)
+            self._weights[key] = resolve_weights(spec, wspec, self.plugins.datasets.get,
+                                                 lambda d, s: self.split(d, s, None, wspec.preprocess), self.reporter)
+        return self._weights[key]
+
+    def split_keys(self, cell: Cell) -> list[tuple[str, str, int | None, str]]:
+        """The keys (dataset, split, limit, preprocess) of the splits ``cell`` evaluates and calibrates on."""
+        preprocess = self.plugins.models.get(cell.model).get_weights(cell.weights).preprocess
+        return [(cell.dataset, "calib", cell.calib_size, preprocess), (cell.dataset, "test", cell.eval_limit, preprocess)]
+
+    def has(self, key: tuple[str, str, int | None, str] | tuple[str, str]) -> bool:
+        """Whether this process already holds the split (dataset, split, limit, preprocess) or the weights
+        (model, weights) ``key``."""
+        return key in self._splits or key in self._weights
+
+    def adopt(self, splits: dict[tuple[str, str, int | None, str], Split],
+              weights: dict[tuple[str, str], ResolvedWeights]) -> None:
+        """Take splits and weights decoded elsewhere (an executor's driver) instead of loading them again."""
+        for key, split in splits.items():
+            self._splits.setdefault(key, split)
+        for wkey, resolved in weights.items():
+            self._weights.setdefault(wkey, resolved)
+
     def float_model(self, model: str, weights: str) -> tuple[nn.Module, dict[str, Any]]:
         """A fresh float model (eval mode) with ``weights`` loaded, and facts about the weights."""
         spec = self.plugins.models.get(model)
-        key = (model, weights)
         wspec = spec.get_weights(weights)
-        if key not in self._weights:
-            self._weights[key] = resolve_weights(spec, wspec, self.plugins.datasets.get,
-                                                 lambda d, s: self.split(d, s, None, wspec.preprocess), self.reporter)
-        resolved = self._weights[key]
+        resolved = self.weights(model, weights)
         net = spec.build(self.plugins.datasets.get(wspec.dataset).num_classes, **dict(wspec.build_kwargs))
         load_into(net, copy.deepcopy(resolved.state_dict), f"weights {model}:{weights} ({resolved.source})")
         return net.eval(), {"name": weights, "sha256": resolved.sha256, "source": resolved.source,
@@ -316,18 +341,39 @@ def _plugin_ref(plugins: Plugins, kind: str, name: str) -> dict[str, Any]:
     return {"name": name, "plugin": info.name, "distribution": info.distribution, "plugin_version": info.version}
 
 
+def new_record(cell: Cell, plugins: Plugins) -> dict[str, Any]:
+    """The head of ``cell``'s record (schema, id, config and its hash, provenance), status ``ok``."""
+    config = cell_config(cell, plugins)
+    return {
+        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "record_id": new_record_id(),
+        "created": datetime.now(UTC).isoformat(timespec="microseconds"),
+        "config_hash": config_hash(config), "config": config, "suite": cell.suite, "status": "ok",
+        "provenance": provenance.collect(), "timings_s": {},
+    }
+
+
+def failed_record(cell: Cell, plugins: Plugins, exc: BaseException, attempts: int | None = None) -> dict[str, Any]:
+    """The record of a cell whose run never returned one (an executor's task failed ``attempts`` times)."""
+    record = new_record(cell, plugins)
+    record["status"] = "failed"
+    record["error"] = {"type": type(exc).__name__, "message": _one_line(str(exc))}
+    if attempts is not None:
+        record["error"]["attempts"] = attempts
+    return record
+
+
+def _one_line(text: str, limit: int = 2000) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return " | ".join(lines)[:limit] if lines else "(no message)"
+
+
 def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
     """Run one cell and return its record (status ``ok``, ``skipped`` or ``failed``); never raises
     for a failure inside the cell (KeyboardInterrupt and SystemExit propagate)."""
     plugins = ws.plugins
-    config = cell_config(cell, plugins)
     timer = _Timer()
-    record: dict[str, Any] = {
-        "schema": SCHEMA, "schema_version": SCHEMA_VERSION, "record_id": new_record_id(),
-        "created": datetime.now(UTC).isoformat(timespec="microseconds"),
-        "config_hash": config_hash(config), "config": config, "suite": cell.suite, "status": "ok",
-        "provenance": provenance.collect(), "timings_s": timer.timings,
-    }
+    record = new_record(cell, plugins)
+    record["timings_s"] = timer.timings
     try:
         steps = parse_pipeline(cell.pipeline, plugins)
         backend = plugins.backends.get(cell.backend)
@@ -354,10 +400,11 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             record["skip_reason"] = f"backend {backend.name} cannot run the pipeline {cell.pipeline}: {reason}"
             return record
         torch.manual_seed(cell.seed)
-        preprocess = plugins.models.get(cell.model).get_weights(cell.weights).preprocess
+        calib_key, eval_key = ws.split_keys(cell)
+        preprocess = calib_key[3]
         with timer("load_data"):
-            calib = ws.split(cell.dataset, "calib", cell.calib_size, preprocess)
-            evalset = ws.split(cell.dataset, "test", cell.eval_limit, preprocess)
+            calib = ws.split(*calib_key)
+            evalset = ws.split(*eval_key)
         ctx = StepContext(seed=cell.seed, batch_size=ws.batch_size, reporter=ws.reporter, calib=calib)
         record["data"] = {"dataset": cell.dataset, "preprocess": preprocess,
                           "calib": {"split": "calib", "size": len(calib), "fingerprint": calib.fingerprint()},
@@ -484,17 +531,25 @@ def _satisfied(cell: Cell, record: dict[str, Any] | None) -> bool:
 
 
 class Executor(Protocol):
-    """Runs cells and yields their records as they finish (in any order)."""
+    """Runs cells and yields their records as they finish (in any order); the driver (:func:`run`) stores
+    each one. An executor never writes to the results directory; it says in ``record["executor"]`` where and
+    how the cell ran (at least ``{"name": ...}``)."""
 
-    def map(self, fn: Callable[[Cell], dict[str, Any]], cells: Sequence[Cell]) -> Iterator[dict[str, Any]]: ...
+    name: str
+
+    def map(self, cells: Sequence[Cell], ws: Workspace) -> Iterator[dict[str, Any]]: ...
 
 
 class InProcessExecutor:
     """Runs cells one after another in this process."""
 
-    def map(self, fn: Callable[[Cell], dict[str, Any]], cells: Sequence[Cell]) -> Iterator[dict[str, Any]]:
+    name = "in-process"
+
+    def map(self, cells: Sequence[Cell], ws: Workspace) -> Iterator[dict[str, Any]]:
         for cell in cells:
-            yield fn(cell)
+            record = run_cell(cell, ws)
+            record["executor"] = {"name": self.name}
+            yield record
 
 
 @dataclass
@@ -516,7 +571,7 @@ def run(cells: Sequence[Cell], store: Store, ws: Workspace, executor: Executor |
     todo = [c for c in cells if not _satisfied(c, stored.get(config_hash(cell_config(c, ws.plugins))))]
     summary = RunSummary(to_run=len(todo), already_stored=len(cells) - len(todo))
     executor = executor or InProcessExecutor()
-    for record in ws.reporter.track(executor.map(lambda c: run_cell(c, ws), todo), "cells", total=len(todo)):
+    for record in ws.reporter.track(executor.map(todo, ws), "cells", total=len(todo)):
         store.append(record)
         summary.records.append(record)
         if on_record is not None:
@@ -537,6 +592,8 @@ __all__ = [
     "config_hash",
     "evaluate",
     "expand",
+    "failed_record",
+    "new_record",
     "parse_pipeline",
     "pipeline_name",
     "run",

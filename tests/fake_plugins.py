@@ -1,7 +1,12 @@
 """A plugin module for tests: a tiny model, a method that raises, one that reports NaN, a backend that refuses
-schemes."""
+schemes, and two transforms that kill the process running them (the Ray executor's worker-death tests)."""
 
 from __future__ import annotations
+
+import os
+import signal
+import time
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -42,6 +47,40 @@ class NaNNotes(MinMax):
         ctx.notes["nan_notes"] = {"loss": float("nan"), "steps": [1.0, float("inf")]}
 
 
+KILL_DIR_ENV = "MQBENCH_TEST_KILL_DIR"
+
+
+class KilledOnce(Method):
+    """First run: writes its PID to ``$MQBENCH_TEST_KILL_DIR/killed_once.pid`` and waits (up to 300 s) for the test
+    to kill it; any later run (Ray's retry) finds the file and leaves the model as it is."""
+
+    name = "killed_once"
+    stage = "transform"
+    description = "waits to be killed the first time it runs (tests)"
+
+    def transform(self, model, config, ctx):  # type: ignore[no-untyped-def]
+        pid_file = Path(os.environ[KILL_DIR_ENV]) / "killed_once.pid"
+        if not pid_file.exists():
+            pid_file.write_text(str(os.getpid()))
+            time.sleep(300)
+            raise RuntimeError("killed_once was not killed within 300 s")
+        return model
+
+
+class AlwaysKilled(Method):
+    """Kills the process running it, every time (a worker that dies on this cell whatever Ray does)."""
+
+    name = "always_killed"
+    stage = "transform"
+    description = "kills its own process (tests)"
+
+    def transform(self, model, config, ctx):  # type: ignore[no-untyped-def]
+        with (Path(os.environ[KILL_DIR_ENV]) / "always_killed.attempts").open("a") as f:
+            f.write(f"{os.getpid()}\n")
+        os.kill(os.getpid(), signal.SIGKILL)
+        return model
+
+
 class Picky(Simulated):
     name = "picky"
     description = "simulated, but refuses per-channel weights"
@@ -60,6 +99,8 @@ def mqbench_register_models(register):  # type: ignore[no-untyped-def]
 def mqbench_register_methods(register):  # type: ignore[no-untyped-def]
     register(Boom())
     register(NaNNotes())
+    register(KilledOnce())
+    register(AlwaysKilled())
 
 
 @hookimpl

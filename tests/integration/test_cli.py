@@ -135,6 +135,9 @@ def test_plugin_raising_in_a_cell_fails_only_that_cell(quick_run, boom_env: dict
     (["run", "--all", "--method", "fp32+minmax"], "cannot be combined"),
     (["run"], "nothing to run"),
     (["run", "--all", "--layerwise", "0"], "--layerwise needs a positive number of images"),
+    (["run", "--all", "--cpus-per-cell", "2", "--address", "auto"], "--address, --cpus-per-cell only apply to --executor ray"),
+    (["run", "--all", "--executor", "ray", "--cpus-per-cell", "0"], "--cpus-per-cell must be positive"),
+    (["run", "--all", "--executor", "ray", "--max-retries", "-1"], "--max-retries must be zero or positive"),
     (["analyze", "--model", "quick_cnn", "--images", "0"], "--images needs a positive number of images"),
     (["analyze", "--model", "quick_cnm"], "unknown model 'quick_cnm'"),
 ])
