@@ -108,6 +108,7 @@ class RayExecutor:
                                      "version and authentication?)") from None
             started = True
         try:
+            self._check_feasible()
             split_refs, weight_refs = self._share_inputs(cells, ws)
             settings = _Settings(ws.plugins.recipe, ws.batch_size, ws.latency, cfg.cpus_per_cell, cfg.gpus_per_cell)
             task = ray.remote(_run_cell_task).options(
@@ -133,6 +134,16 @@ class RayExecutor:
         finally:
             if started:
                 ray.shutdown()
+
+    def _check_feasible(self) -> None:
+        """A cell asking for more CPUs or GPUs than any node has would wait forever: a UsageError instead."""
+        nodes = [n.get("Resources", {}) for n in self.ray.nodes() if n.get("Alive")]
+        for resource, wanted, option in (("CPU", self.config.cpus_per_cell, "--cpus-per-cell"),
+                                         ("GPU", self.config.gpus_per_cell, "--gpus-per-cell")):
+            largest = max((float(n.get(resource, 0)) for n in nodes), default=0.0)
+            if wanted > largest:
+                raise UsageError(f"{option} {wanted:g}: no node of the Ray cluster has that many {resource}s (the "
+                                 f"largest has {largest:g}); lower {option} or add a node that has them")
 
     def _share_inputs(self, cells: Sequence[Cell], ws: Workspace) -> tuple[dict[SplitKey, Any], dict[WeightsKey, Any]]:
         """Decode each split and resolve each set of weights once, here, and put each in the object store once."""

@@ -140,6 +140,18 @@ def test_a_cell_whose_worker_always_dies_is_stored_as_failed_and_the_sweep_goes_
     assert again.to_run == 1  # resume retries the failed cell only
 
 
+def test_a_cell_no_node_can_host_is_a_usage_error_not_a_hang(local_ray: Path, plugins: Plugins,
+                                                              tmp_path: Path) -> None:
+    from mqbench.errors import UsageError
+
+    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax"], schemes=["w8a8-pt"])
+    for kwargs, message in (({"cpus_per_cell": 64}, "--cpus-per-cell 64: no node"),
+                            ({"gpus_per_cell": 1}, "--gpus-per-cell 1: no node")):
+        with pytest.raises(UsageError, match=message):
+            runner.run(cells, Store(tmp_path / "results"), runner.Workspace(plugins), _ray_executor(**kwargs))
+    assert not Store(tmp_path / "results").load().records
+
+
 def test_cli_runs_and_resumes_a_sweep_on_its_own_local_ray_instance(tmp_path: Path) -> None:
     pytest.importorskip("ray")
     results = tmp_path / "results"
