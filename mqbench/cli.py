@@ -1,4 +1,4 @@
-"""The ``mqbench`` command line: list, plugins, run, analyze, leaderboard.
+"""The ``mqbench`` command line: list, plugins, run, analyze, train, leaderboard.
 
 Exit codes: 0 success; 1 some cells failed (summary printed); 2 usage error (unknown name, bad
 scheme, unusable results directory); 130 interrupted (every finished cell is stored).
@@ -257,6 +257,71 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
     return code
 
 
+def _build_kwargs(items: Sequence[str]) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {}
+    for item in items:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UsageError(f"--build {item!r}: write key=value, e.g. --build width_mult=0.5")
+        try:
+            kwargs[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            kwargs[key.strip()] = value
+    return kwargs
+
+
+def cmd_train(args: argparse.Namespace, plugins: Plugins) -> int:
+    from mqbench.errors import MqbenchError
+    from mqbench.train import TrainConfig, train_to_file
+
+    for option, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit)):
+        if value is not None and value <= 0:
+            raise UsageError(f"{option} must be a positive number of images, got {value}")
+    if args.time_budget is not None and not args.time_budget > 0:
+        raise UsageError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
+    if args.data_dir:
+        if not os.path.isdir(args.data_dir):
+            raise UsageError(f"--data-dir {args.data_dir} is not a directory")
+        os.environ[DATA_ENV] = args.data_dir
+    spec = plugins.models.get(args.model)
+    dataset = plugins.datasets.get(args.dataset)
+    dataset.check(("train", "test"))
+    try:
+        config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                             weight_decay=args.weight_decay, seed=args.seed, flip=not args.no_flip,
+                             crop_padding=args.crop_padding, label_smoothing=args.label_smoothing)
+    except ValueError as exc:
+        raise UsageError(f"training options: {exc}") from None
+    build_kwargs = _build_kwargs(args.build or ())
+    try:
+        spec.build(dataset.num_classes, **build_kwargs)
+    except TypeError as exc:
+        raise UsageError(f"--build for model {spec.name}: {exc}") from None
+    out_dir = Path(args.out) if args.out else Path(_results_dir(args)) / "models"
+    progress = make_progress(enabled=not args.quiet)
+    command = "mqbench " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["train"] else ""
+    try:
+        with progress:
+            path, meta, trained = train_to_file(
+                spec, dataset, config, out_dir, build_kwargs=build_kwargs, train_limit=args.train_limit,
+                test_limit=args.test_limit, time_budget_s=args.time_budget, force=args.force, command=command,
+                reporter=Reporter(progress))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/]: the last finished epoch is checkpointed; run the same command again to "
+                  "resume from it")
+        return 130
+    except MqbenchError as exc:
+        err.print(f"mqbench: error: {exc}", markup=False, highlight=False)
+        return 2
+    top1 = meta.get("test_top1")
+    what = "trained" if trained else "already trained (use --force to retrain)"
+    out.print(f"{what}: {path}  sha256 {meta['sha256']}  test top-1 "
+              f"{'n/a' if top1 is None else f'{100 * top1:.2f}%'} after {meta['epochs_done']} of {args.epochs} epochs "
+              f"({meta['train_seconds']:.0f} s)" + ("; stopped by the time budget" if meta["stopped_by_time_budget"]
+                                                    else ""), markup=False, highlight=False)
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace, plugins: Plugins) -> int:
     store = Store(_results_dir(args))
     loaded = store.load()
@@ -373,6 +438,42 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="evaluation batch size (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no per-layer tables")
     p.set_defaults(func=cmd_analyze)
+
+    p = sub.add_parser(
+        "train", help="train a model on a dataset's train split into a checkpoint with its sha256 and config",
+        description="Train MODEL on DATASET's train split (SGD with Nesterov momentum, one-cycle cosine schedule, "
+        "random crop and flip, optional label smoothing, fixed seed and data order) and write "
+        "OUT/<model>-<dataset>-<key>.pt (float32 state dict) with a JSON sidecar: sha256, the full training config, "
+        "the command, test top-1 per epoch, machine and versions. The training state is checkpointed after every "
+        "epoch: after a kill, the same command resumes from the last epoch and ends with the same file as an "
+        "uninterrupted run. A finished file is reused, not retrained (--force retrains).",
+        epilog="Example: mqbench train --model mobilenet_v1_cifar --dataset cifar10 --epochs 30 --build width_mult=0.5")
+    p.add_argument("--model", required=True, metavar="M", help="model to train (see `mqbench list models`)")
+    p.add_argument("--dataset", required=True, metavar="D", help="dataset whose train split it trains on and whose "
+                   "test split it evaluates on after each epoch")
+    p.add_argument("--epochs", type=int, required=True, metavar="N", help="epochs of the schedule")
+    p.add_argument("--batch-size", type=int, default=128, metavar="N", help="batch size (default 128)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule (default 0.1)")
+    p.add_argument("--momentum", type=float, default=0.9, help="SGD Nesterov momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data order and augmentation")
+    p.add_argument("--crop-padding", type=int, default=4, metavar="N",
+                   help="random crop after zero-padding each side by N pixels (default 4; 0 turns it off)")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
+    p.add_argument("--label-smoothing", type=float, default=0.0, metavar="E", help="label smoothing (default 0)")
+    p.add_argument("--build", action="append", metavar="KEY=VALUE",
+                   help="argument of the model's constructor, e.g. width_mult=0.5 (repeatable)")
+    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N train images only")
+    p.add_argument("--test-limit", type=int, metavar="N", help="evaluate on the first N test images only")
+    p.add_argument("--time-budget", type=float, metavar="S",
+                   help="stop at the end of the epoch after which another would pass S seconds of training in all "
+                        "(resumed runs included); the schedule is not shortened, the sidecar says it stopped early")
+    p.add_argument("--out", metavar="DIR", help="where to write the weights (default RESULTS/models)")
+    p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")
+    p.add_argument("--data-dir", metavar="DIR", help=f"real data folder (default ${DATA_ENV}, else ../shared/data)")
+    p.add_argument("--force", action="store_true", help="retrain even when the weights file exists (drops a checkpoint)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("leaderboard", help="render the leaderboard from stored records",
                        description="Render the leaderboard from the records in the results directory only.")

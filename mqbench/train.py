@@ -1,22 +1,43 @@
-"""Training: the one training loop (used to train the quick suite's models on first use).
+"""Training: the one training loop (the quick suite's models on first use, and ``mqbench train``).
 
-SGD with Nesterov momentum and a one-cycle cosine learning-rate schedule, horizontal-flip
-augmentation, fixed seeds and a deterministic data order (the permutation comes from a generator
-seeded with ``seed``), a progress bar with loss and accuracy.
+SGD with Nesterov momentum and a one-cycle cosine learning-rate schedule, horizontal-flip and (optional)
+random-crop augmentation, optional label smoothing, fixed seeds and a deterministic data order (the
+permutation and the augmentation come from a generator seeded with ``seed``), a progress bar with loss and
+accuracy.
+
+With ``checkpoint``, the whole training state (weights, optimizer, schedule, both random generators, history)
+is written atomically after every epoch, and a later call with the same config resumes from it: the result
+is bit for bit that of an uninterrupted run on the same machine and thread count. ``time_budget_s`` stops
+at the end of the epoch after which another one would not fit (the schedule is not shortened: the model is
+then trained less far, and the result says so).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
+import io
+import json
 import math
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mqbench.data import Split
+from mqbench.errors import MqbenchError
+from mqbench.fsutil import atomic_write, sha256_file
 from mqbench.progress import SILENT, Reporter
+
+if TYPE_CHECKING:
+    from mqbench.data import DatasetSpec
+    from mqbench.models import ModelSpec
+
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -28,13 +49,39 @@ class TrainConfig:
     weight_decay: float = 5e-4
     seed: int = 0
     flip: bool = True
+    crop_padding: int = 0  # random crop of the original size after zero-padding each side (4 for CIFAR); 0: none
+    label_smoothing: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.epochs <= 0:
+            raise ValueError(f"epochs must be positive, got {self.epochs}")
+        if self.batch_size <= 0:
+            raise ValueError(f"batch_size must be positive, got {self.batch_size}")
+        if not self.lr > 0:
+            raise ValueError(f"lr must be positive, got {self.lr}")
+        if self.crop_padding < 0:
+            raise ValueError(f"crop_padding must be zero or positive, got {self.crop_padding}")
+        if not 0.0 <= self.label_smoothing < 1.0:
+            raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
 
 @dataclass
 class TrainResult:
     test_top1: float | None
-    seconds: float
+    seconds: float  # training time over every run that contributed (resumed runs included)
     history: list[dict[str, float]] = field(default_factory=list)
+    epochs_done: int = 0
+    resumed_from_epoch: int = 0  # 0: started from scratch
+    stopped_by_time_budget: bool = False
+
+
+def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
+    """Each uint8 image (N, C, H, W) cropped back to H x W at a random offset after zero-padding each side."""
+    n, _, h, w = images.shape
+    padded = F.pad(images, (padding, padding, padding, padding))
+    offsets = torch.randint(0, 2 * padding + 1, (n, 2), generator=generator)
+    return torch.stack([padded[i, :, int(dy):int(dy) + h, int(dx):int(dx) + w]
+                        for i, (dy, dx) in enumerate(offsets)])
 
 
 def evaluate_top1(model: nn.Module, split: Split, batch_size: int = 512) -> float:
@@ -47,11 +94,14 @@ def evaluate_top1(model: nn.Module, split: Split, batch_size: int = 512) -> floa
 
 
 def train(model: nn.Module, train_split: Split, test_split: Split | None, config: TrainConfig,
-          reporter: Reporter = SILENT, label: str = "training") -> TrainResult:
-    """Train ``model`` in place; returns the test top-1 after the last epoch (None without a test split)."""
-    if config.epochs <= 0:
-        raise ValueError(f"epochs must be positive, got {config.epochs}")
-    start = time.perf_counter()
+          reporter: Reporter = SILENT, label: str = "training", checkpoint: Path | None = None,
+          time_budget_s: float | None = None) -> TrainResult:
+    """Train ``model`` in place; returns the test top-1 after the last epoch (None without a test split).
+
+    ``checkpoint``: the file the training state is written to after each epoch and resumed from when it exists
+    (it is left in place; the caller removes it once the result is stored)."""
+    if time_budget_s is not None and not time_budget_s > 0:
+        raise ValueError(f"time_budget_s must be positive, got {time_budget_s}")
     g = torch.Generator().manual_seed(config.seed)
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
@@ -63,20 +113,39 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
              if total_steps >= 4 else None)
     history: list[dict[str, float]] = []
     test_top1: float | None = None
-    for epoch in range(config.epochs):
+    first_epoch, earlier_seconds = 0, 0.0
+    if checkpoint is not None and checkpoint.exists():
+        state = load_checkpoint(checkpoint, config)
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        if sched is not None:
+            sched.load_state_dict(state["scheduler"])
+        g.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        history = list(state["history"])
+        first_epoch, earlier_seconds = int(state["epoch"]), float(state["seconds"])
+        test_top1 = history[-1].get("test_top1") if history else None
+        reporter.log(f"{label}: resuming from {checkpoint} after epoch {first_epoch}/{config.epochs}")
+    start = time.perf_counter()
+    stopped = False
+    for epoch in range(first_epoch, config.epochs):
+        epoch_start = time.perf_counter()
         model.train()
         perm = torch.randperm(len(train_split), generator=g)
         loss_sum, seen, correct = 0.0, 0, 0
         for step in reporter.track(range(steps_per_epoch), f"{label} epoch {epoch + 1}/{config.epochs}",
                                    total=steps_per_epoch):
             idx = perm[step * config.batch_size:(step + 1) * config.batch_size]
-            x = train_split.normalize(train_split.images[idx])
+            images = train_split.images[idx]
+            if config.crop_padding:
+                images = random_crop(images, config.crop_padding, g)
+            x = train_split.normalize(images)
             y = train_split.labels[idx]
             if config.flip:
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
             logits = model(x)
-            loss = F.cross_entropy(logits, y)
+            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -93,5 +162,94 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
             test_top1 = evaluate_top1(model, test_split)
             entry["test_top1"] = test_top1
         history.append(entry)
+        elapsed = earlier_seconds + time.perf_counter() - start
+        if checkpoint is not None:
+            save_checkpoint(checkpoint, {
+                "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "epoch": epoch + 1,
+                "model": model.state_dict(), "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict() if sched is not None else None, "generator": g.get_state(),
+                "torch_rng": torch.get_rng_state(), "history": history, "seconds": elapsed})
+        if (time_budget_s is not None and epoch + 1 < config.epochs
+                and elapsed + (time.perf_counter() - epoch_start) > time_budget_s):
+            reporter.log(f"{label}: stopping after epoch {epoch + 1}/{config.epochs}: another epoch would exceed the "
+                         f"time budget of {time_budget_s:g} s")
+            stopped = True
+            break
     model.eval()
-    return TrainResult(test_top1, time.perf_counter() - start, history)
+    return TrainResult(test_top1, earlier_seconds + time.perf_counter() - start, history,
+                       len(history), first_epoch, stopped)
+
+
+def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
+    """Write the training state atomically (a kill leaves the previous checkpoint or the new one, never half)."""
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    atomic_write(path, buf.getvalue(), overwrite=True)
+
+
+def load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
+    """A training state written by :func:`save_checkpoint` for ``config``; anything else is a one-line error."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for a corrupt file
+        first_line = (str(exc).splitlines() or ["(no message)"])[0]
+        raise MqbenchError(f"cannot read the training checkpoint {path} ({type(exc).__name__}: {first_line}); "
+                           "delete it to start the training over") from None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        raise MqbenchError(f"{path} is not a training checkpoint of format {CHECKPOINT_FORMAT}; delete it to start "
+                           "the training over")
+    mine = dataclasses.asdict(config)
+    theirs = state.get("config") or {}
+    if theirs != mine:
+        diff = ", ".join(f"{k}={theirs.get(k)!r} there, {v!r} here" for k, v in mine.items() if theirs.get(k) != v)
+        raise MqbenchError(f"the training checkpoint {path} was written for another training config ({diff}); "
+                           "delete it to start over, or train into another folder")
+    return state
+
+
+def train_to_file(model: ModelSpec, dataset: DatasetSpec, config: TrainConfig, out_dir: Path, *,
+                  build_kwargs: dict[str, Any] | None = None, train_limit: int | None = None,
+                  test_limit: int | None = None, time_budget_s: float | None = None, force: bool = False,
+                  command: str = "", reporter: Reporter = SILENT) -> tuple[Path, dict[str, Any], bool]:
+    """Train ``model`` on ``dataset``'s train split into ``out_dir``: ``<model>-<dataset>-<key>.pt`` (the state
+    dict, float32) and a JSON sidecar beside it (sha256, the full training config, the command, test top-1 per
+    epoch, provenance). ``key`` hashes everything that decides the weights, so a rerun of the same command finds
+    the file (returned with ``False``: nothing trained) or resumes its checkpoint (``<name>.ckpt``, removed once
+    the weights are written) after a kill. Returns (weights path, sidecar, whether it trained now)."""
+    from mqbench import provenance
+
+    build_kwargs = dict(build_kwargs or {})
+    recipe = {"model": model.name, "build_kwargs": build_kwargs, "dataset": dataset.name,
+              "train_limit": train_limit, "train_config": dataclasses.asdict(config)}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    path = out_dir / f"{model.name}-{dataset.name}-{key}.pt"
+    sidecar_path, ckpt = path.with_suffix(".json"), path.with_suffix(".ckpt")
+    if path.exists() and sidecar_path.exists() and not force:
+        meta = json.loads(sidecar_path.read_text())
+        actual = sha256_file(path)
+        if actual != meta.get("sha256"):
+            raise MqbenchError(f"{path} fails the sha256 in {sidecar_path.name} (got {actual[:12]}...): the file is "
+                               "corrupt or was changed; delete both to retrain, or give --force")
+        return path, meta, False
+    if force and ckpt.exists():
+        ckpt.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    net: nn.Module = model.build(dataset.num_classes, **build_kwargs)
+    train_split = dataset.load_split("train", train_limit, "native", reporter)
+    test_split = dataset.load_split("test", test_limit, "native", reporter)
+    result = train(net, train_split, test_split, config, reporter, label=f"training {model.name}",
+                   checkpoint=ckpt, time_budget_s=time_budget_s)
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    data = buf.getvalue()
+    meta = {"sha256": hashlib.sha256(data).hexdigest(), "file": path.name, **recipe, "test_limit": test_limit,
+            "train_images": len(train_split), "test_images": len(test_split), "test_top1": result.test_top1,
+            "epochs_done": result.epochs_done, "resumed_from_epoch": result.resumed_from_epoch,
+            "stopped_by_time_budget": result.stopped_by_time_budget,
+            "time_budget_s": time_budget_s, "train_seconds": round(result.seconds, 2), "history": result.history,
+            "command": command, "provenance": provenance.collect()}
+    atomic_write(path, data, overwrite=True)
+    atomic_write(sidecar_path, (json.dumps(meta, indent=2) + "\n").encode(), overwrite=True)
+    ckpt.unlink(missing_ok=True)
+    return path, meta, True

@@ -1,0 +1,86 @@
+"""The training loop's checkpoints, time budget and augmentation (tiny model, a few steps)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from mqbench.data import Split
+from mqbench.errors import MqbenchError
+from mqbench.train import TrainConfig, load_checkpoint, random_crop, train
+from tests.fake_plugins import Tiny
+
+
+def _split(n: int, seed: int) -> Split:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(0, 256, (n, 3, 16, 16), dtype=torch.uint8, generator=g)
+    labels = (images.float().mean((1, 2, 3)) > 127.5).long()  # learnable: brightness
+    return Split(images, labels, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+
+
+def _state(model: torch.nn.Module) -> list[torch.Tensor]:
+    return [t.clone() for t in model.state_dict().values()]
+
+
+def test_a_run_resumed_from_a_checkpoint_ends_with_the_uninterrupted_weights(tmp_path: Path) -> None:
+    data, test = _split(256, 0), _split(64, 1)
+    config = TrainConfig(epochs=3, batch_size=32, crop_padding=2, label_smoothing=0.1)
+    torch.manual_seed(0)
+    whole = Tiny(2)
+    reference = train(whole, data, test, config)
+    # A run stopped after epoch 1 leaves the checkpoint a kill during epoch 2 would leave.
+    ckpt = tmp_path / "run.ckpt"
+    torch.manual_seed(0)
+    first = train(Tiny(2), data, test, config, checkpoint=ckpt, time_budget_s=1e-9)
+    assert first.epochs_done == 1 and torch.load(ckpt, weights_only=True)["epoch"] == 1
+    torch.manual_seed(123)  # whatever the new process's state, the checkpoint restores it
+    resumed = Tiny(2)
+    result = train(resumed, data, test, config, checkpoint=ckpt)
+    assert result.resumed_from_epoch == 1 and result.epochs_done == 3
+    assert all(torch.equal(a, b) for a, b in zip(_state(resumed), _state(whole), strict=True))
+    assert [h["test_top1"] for h in result.history] == [h["test_top1"] for h in reference.history]
+
+
+def test_a_time_budget_stops_at_an_epoch_boundary_and_says_so(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    result = train(Tiny(2), _split(128, 0), None, TrainConfig(epochs=4, batch_size=32), time_budget_s=1e-9,
+                   checkpoint=tmp_path / "c.ckpt")
+    assert result.stopped_by_time_budget and result.epochs_done == 1 and len(result.history) == 1
+    assert torch.load(tmp_path / "c.ckpt", weights_only=True)["epoch"] == 1
+
+
+def test_a_checkpoint_of_another_config_or_a_corrupt_one_is_refused_by_name(tmp_path: Path) -> None:
+    ckpt = tmp_path / "c.ckpt"
+    torch.manual_seed(0)
+    train(Tiny(2), _split(64, 0), None, TrainConfig(epochs=1, batch_size=32), checkpoint=ckpt)
+    with pytest.raises(MqbenchError, match=r"another training config \(epochs=1 there, 2 here\).*delete it"):
+        load_checkpoint(ckpt, TrainConfig(epochs=2, batch_size=32))
+    ckpt.write_bytes(b"not a checkpoint")
+    with pytest.raises(MqbenchError, match=r"cannot read the training checkpoint .*delete it"):
+        load_checkpoint(ckpt, TrainConfig(epochs=1, batch_size=32))
+
+
+@settings(max_examples=30, deadline=None)
+@given(padding=st.integers(0, 4), seed=st.integers(0, 2**16), n=st.integers(1, 5))
+def test_random_crop_returns_a_window_of_the_padded_image(padding: int, seed: int, n: int) -> None:
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randint(1, 256, (n, 3, 6, 7), dtype=torch.uint8, generator=g)
+    out = random_crop(images, padding, torch.Generator().manual_seed(seed))
+    assert out.shape == images.shape and out.dtype == torch.uint8
+    padded = torch.nn.functional.pad(images, (padding,) * 4)
+    for i in range(n):
+        windows = [padded[i, :, y:y + 6, x:x + 7] for y in range(2 * padding + 1) for x in range(2 * padding + 1)]
+        assert any(torch.equal(out[i], w) for w in windows)
+    if padding == 0:
+        assert torch.equal(out, images)
+
+
+def test_bad_training_configs_are_refused() -> None:
+    for kwargs, message in (({"epochs": 0}, "epochs"), ({"crop_padding": -1}, "crop_padding"),
+                            ({"label_smoothing": 1.0}, "label_smoothing"), ({"lr": 0.0}, "lr")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**kwargs)
