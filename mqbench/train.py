@@ -171,6 +171,9 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
             entry["test_top1"] = test_top1
         history.append(entry)
         elapsed = earlier_seconds + time.perf_counter() - start
+        reporter.log(f"{label} epoch {epoch + 1}/{config.epochs}: train loss {entry['train_loss']:.3f}, train top-1 "
+                     f"{entry['train_top1']:.4f}" + (f", test top-1 {test_top1:.4f}" if test_split is not None else "")
+                     + f" ({time.perf_counter() - epoch_start:.0f} s; {elapsed:.0f} s in all)")
         if checkpoint is not None:
             save_checkpoint(checkpoint, {
                 "format": CHECKPOINT_FORMAT, "config": dataclasses.asdict(config), "epoch": epoch + 1,
