@@ -290,7 +290,7 @@ def cmd_train(args: argparse.Namespace, plugins: Plugins) -> int:
         config = TrainConfig(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                              weight_decay=args.weight_decay, seed=args.seed, flip=not args.no_flip,
                              crop_padding=args.crop_padding, label_smoothing=args.label_smoothing,
-                             channels_last=not args.contiguous)
+                             channels_last=not args.contiguous, depthwise_weight_decay=args.depthwise_weight_decay)
     except ValueError as exc:
         raise UsageError(f"training options: {exc}") from None
     build_kwargs = _build_kwargs(args.build or ())
@@ -462,6 +462,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random crop after zero-padding each side by N pixels (default 4; 0 turns it off)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
     p.add_argument("--label-smoothing", type=float, default=0.0, metavar="E", help="label smoothing (default 0)")
+    p.add_argument("--depthwise-weight-decay", type=float, metavar="D",
+                   help="weight decay of depthwise convolution weights (default: --weight-decay; 0 trains them as "
+                        "TensorFlow's MobileNetV1 did, without)")
     p.add_argument("--contiguous", action="store_true", help="train in the contiguous (NCHW) memory format; by "
                    "default channels-last, 1.4-1.7x faster for MobileNets on x86 CPUs")
     p.add_argument("--build", action="append", metavar="KEY=VALUE",

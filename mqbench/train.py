@@ -55,6 +55,10 @@ class TrainConfig:
     # (oneDNN's depthwise kernels); off by default because it changes the float rounding, so the quick models'
     # weights would change with it.
     channels_last: bool = False
+    # Weight decay of the depthwise convolutions' weights (None: ``weight_decay``). TensorFlow's MobileNetV1 trained
+    # them without (slim's ``regularize_depthwise=False``); Sheng et al. 2018 (section 3) add it back as one of the
+    # changes of their quantization-friendly separable convolution.
+    depthwise_weight_decay: float | None = None
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -65,6 +69,8 @@ class TrainConfig:
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.crop_padding < 0:
             raise ValueError(f"crop_padding must be zero or positive, got {self.crop_padding}")
+        if self.depthwise_weight_decay is not None and self.depthwise_weight_decay < 0:
+            raise ValueError(f"depthwise_weight_decay must be zero or positive, got {self.depthwise_weight_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
 
@@ -77,6 +83,21 @@ class TrainResult:
     epochs_done: int = 0
     resumed_from_epoch: int = 0  # 0: started from scratch
     stopped_by_time_budget: bool = False
+
+
+def is_depthwise(module: nn.Module) -> bool:
+    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+
+
+def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
+    """One group with every parameter, or, with ``depthwise_weight_decay`` set, the depthwise convolution weights in
+    a group of their own with that weight decay."""
+    if config.depthwise_weight_decay is None:
+        return [{"params": list(model.parameters())}]
+    depthwise = [m.weight for m in model.modules() if is_depthwise(m)]
+    ids = {id(w) for w in depthwise}
+    return [{"params": [q for q in model.parameters() if id(q) not in ids]},
+            {"params": depthwise, "weight_decay": config.depthwise_weight_decay}]
 
 
 def random_crop(images: torch.Tensor, padding: int, generator: torch.Generator) -> torch.Tensor:
@@ -109,7 +130,7 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
     g = torch.Generator().manual_seed(config.seed)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented; the stubs lack it
-    opt = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+    opt = torch.optim.SGD(parameter_groups(model, config), lr=config.lr, momentum=config.momentum,
                           weight_decay=config.weight_decay, nesterov=True)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
@@ -213,8 +234,9 @@ def load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
                            "the training over")
     mine = dataclasses.asdict(config)
     theirs = state.get("config") or {}
-    if theirs != mine:
-        diff = ", ".join(f"{k}={theirs.get(k)!r} there, {v!r} here" for k, v in mine.items() if theirs.get(k) != v)
+    differ = [k for k, v in mine.items() if theirs.get(k) != v]  # an option it predates counts as unset (None)
+    if differ:
+        diff = ", ".join(f"{k}={theirs.get(k)!r} there, {mine[k]!r} here" for k in differ)
         raise MqbenchError(f"the training checkpoint {path} was written for another training config ({diff}); "
                            "delete it to start over, or train into another folder")
     return state
@@ -232,8 +254,9 @@ def train_to_file(model: ModelSpec, dataset: DatasetSpec, config: TrainConfig, o
     from mqbench import provenance
 
     build_kwargs = dict(build_kwargs or {})
-    recipe = {"model": model.name, "build_kwargs": build_kwargs, "dataset": dataset.name,
-              "train_limit": train_limit, "train_config": dataclasses.asdict(config)}
+    # Options left unset (None) are left out, so a file's key stays the same when a later version adds options.
+    recipe = {"model": model.name, "build_kwargs": build_kwargs, "dataset": dataset.name, "train_limit": train_limit,
+              "train_config": {k: v for k, v in dataclasses.asdict(config).items() if v is not None}}
     key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
     path = out_dir / f"{model.name}-{dataset.name}-{key}.pt"
     sidecar_path, ckpt = path.with_suffix(".json"), path.with_suffix(".ckpt")

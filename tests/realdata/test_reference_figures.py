@@ -144,3 +144,22 @@ def test_the_integer_simulation_predicts_onnx_runtime_on_every_image(model: str,
     deployed, exact = backend.convert(qsim), IntegerSimulation(qsim)
     for images, _ in ws.split("imagenet", "test", 128, preprocess).batches(64):
         assert torch.equal(exact(images), deployed(images))
+
+
+@pytest.mark.parametrize("model", ["mobilenet_v1_cifar:mqbench-x0.5"])
+def test_published_cifar_weights_reproduce_the_top1_of_their_training(model: str, env: dict[str, str],
+                                                                      tmp_path: Path) -> None:
+    from mqbench.models.weights import sha256_file
+    from mqbench.plugins import get_plugins
+
+    name, _, weights = model.partition(":")
+    path = Path(get_plugins().models.get(name).get_weights(weights).path)  # type: ignore[attr-defined]
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    assert sha256_file(path) == sidecar["sha256"]
+    assert sidecar["train_seconds"] <= 1800 and sidecar["command"].startswith("mqbench train")
+    res = mqbench("run", "--suite", "cifar10", "--model", model, "--method", "fp32", "--results", str(tmp_path),
+                  "--quiet", env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    row = _rows(tmp_path, env)[(model, "fp32", "fp32")]
+    assert row["n"] == 10000 and row["top1"] >= 0.80
+    assert abs(row["top1"] - sidecar["test_top1"]) <= 0.001, (row["top1"], sidecar["test_top1"])

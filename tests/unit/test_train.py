@@ -84,3 +84,27 @@ def test_bad_training_configs_are_refused() -> None:
                             ({"label_smoothing": 1.0}, "label_smoothing"), ({"lr": 0.0}, "lr")):
         with pytest.raises(ValueError, match=message):
             TrainConfig(**kwargs)
+
+
+def test_depthwise_weights_get_their_own_weight_decay_when_asked() -> None:
+    from mqbench.models.families import FamilyCNN
+    from mqbench.train import is_depthwise, parameter_groups
+
+    net = FamilyCNN(True, 8, 3)
+    (everything,) = parameter_groups(net, TrainConfig())
+    assert len(everything["params"]) == len(list(net.parameters()))
+    rest, depthwise = parameter_groups(net, TrainConfig(depthwise_weight_decay=0.0))
+    expected = [m.weight for m in net.modules() if is_depthwise(m)]
+    assert len(expected) == 3 and depthwise["weight_decay"] == 0.0
+    assert [id(w) for w in depthwise["params"]] == [id(w) for w in expected]
+    assert len(rest["params"]) + len(expected) == len(list(net.parameters()))
+    # Without decay and without gradient, SGD leaves the depthwise weights alone; the others shrink.
+    torch.manual_seed(0)
+    x = torch.randn(4, 3, 16, 16)
+    opt = torch.optim.SGD(parameter_groups(net, TrainConfig(depthwise_weight_decay=0.0)), lr=0.1, weight_decay=0.5)
+    before = [w.clone() for w in expected]
+    stem = net.features[0][0].weight.clone()
+    (net(x).sum() * 0).backward()
+    opt.step()
+    assert all(torch.equal(a, b) for a, b in zip(before, expected, strict=True))
+    assert not torch.equal(stem, net.features[0][0].weight)
