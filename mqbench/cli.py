@@ -296,7 +296,7 @@ def cmd_train(args: argparse.Namespace, plugins: Plugins) -> int:
     build_kwargs = _build_kwargs(args.build or ())
     try:
         spec.build(dataset.num_classes, **build_kwargs)
-    except TypeError as exc:
+    except (TypeError, ValueError) as exc:
         raise UsageError(f"--build for model {spec.name}: {exc}") from None
     out_dir = Path(args.out) if args.out else Path(_results_dir(args)) / "models"
     progress = make_progress(enabled=not args.quiet)
