@@ -113,6 +113,11 @@ def _check_limit_and_data_dir(args: argparse.Namespace) -> None:
     """The --limit and --data-dir options of run and analyze: checked, and the data folder made current."""
     if args.limit is not None and args.limit <= 0:
         raise UsageError(f"--limit must be a positive number of images, got {args.limit}")
+    _use_data_dir(args)
+
+
+def _use_data_dir(args: argparse.Namespace) -> None:
+    """--data-dir checked and made the current data folder."""
     if args.data_dir:
         if not os.path.isdir(args.data_dir):
             raise UsageError(f"--data-dir {args.data_dir} is not a directory")
@@ -279,10 +284,7 @@ def cmd_train(args: argparse.Namespace, plugins: Plugins) -> int:
             raise UsageError(f"{option} must be a positive number of images, got {value}")
     if args.time_budget is not None and not args.time_budget > 0:
         raise UsageError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
-    if args.data_dir:
-        if not os.path.isdir(args.data_dir):
-            raise UsageError(f"--data-dir {args.data_dir} is not a directory")
-        os.environ[DATA_ENV] = args.data_dir
+    _use_data_dir(args)
     spec = plugins.models.get(args.model)
     dataset = plugins.datasets.get(args.dataset)
     dataset.check(("train", "test"))

@@ -86,7 +86,9 @@ class TrainResult:
 
 
 def is_depthwise(module: nn.Module) -> bool:
-    return isinstance(module, nn.Conv2d) and module.groups > 1 and module.groups == module.in_channels
+    from mqbench.quant.graph import layer_kind  # here: mqbench.models imports this module
+
+    return isinstance(module, nn.Conv2d) and layer_kind(module) == "depthwise"
 
 
 def parameter_groups(model: nn.Module, config: TrainConfig) -> list[dict[str, Any]]:
