@@ -133,7 +133,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     _check_limit_and_data_dir(args)
     suite = plugins.suites.get(args.suite or DEFAULT_SUITE)
     cells = runner.expand(plugins, suite, args.model or (), args.method or (), args.backend or (),
-                          args.scheme or (), eval_limit=args.limit)
+                          args.scheme or (), eval_limit=args.limit, train_budget_s=args.train_budget)
     if args.layerwise is not None:
         if args.layerwise <= 0:
             raise UsageError(f"--layerwise needs a positive number of images, got {args.layerwise}")
@@ -387,6 +387,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun cells that are already stored (adds new records)")
     p.add_argument("--limit", type=int, metavar="N", help="evaluate on the first N test images only")
     p.add_argument("--batch-size", type=int, default=256, metavar="N", help="evaluation batch size (default 256)")
+    p.add_argument("--train-budget", type=float, metavar="S",
+                   help="wall-clock budget in seconds of each training step of a pipeline (qf_sepconv's fine-tuning): "
+                        "it stops at the end of the epoch after which another would not fit, and the record says so; "
+                        "part of the cell's config (default: none, the step's epochs run in full)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no final table")
     p.add_argument("--no-latency", action="store_true",
                    help="skip the latency measurement of real-kernel backends (by default each such cell times "

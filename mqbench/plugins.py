@@ -47,6 +47,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.methods.mse",
     "mqbench.methods.entropy",
     "mqbench.methods.cle",
+    "mqbench.methods.qf_sepconv",
     "mqbench.methods.bias_correction",
     "mqbench.methods.msqe",
     "mqbench.methods.learned_scale",

@@ -4,7 +4,8 @@ The flow of one cell (``run_cell``)::
 
     model  = models[name].build() + weights             float, eval mode
     calib, evalset = datasets[name].load_split(...)      decoded once per process, cached
-    float' = transform steps (model)
+    float' = transform steps (model)                    a training step (qf_sepconv) also gets the train split
+                                                         and the cell's budget; kept for the sweep's other cells
     qsim   = backend.prepare(float', scheme)             quantizers where the backend quantizes
     calibrate steps (qsim, calib); refine steps (qsim, float', calib)
     sim    = evaluate(qsim, evalset)
@@ -71,6 +72,9 @@ class Cell:
     # Layer-wise analysis on the first N evaluation images (None: none). A measurement added to the cell, not
     # part of its config: a stored record without it is rerun (adding a newer record) when it is asked for.
     layerwise_images: int | None = None
+    # Wall-clock budget (seconds) of each training step of the pipeline (None: none). Set only on cells whose
+    # pipeline has a step that ``needs_training``; part of the cell's config when set.
+    train_budget_s: float | None = None
 
 
 @dataclass(frozen=True)
@@ -159,9 +163,10 @@ def parse_pipeline(text: str, plugins: Plugins) -> list[Step]:
     names = [s.name for s in steps]
     if len(set(names)) != len(names):
         raise UsageError(f"pipeline {text!r} names a method twice")
-    if any(not s.method.quantizes for s in steps) and len(steps) > 1:
-        plain = [s.name for s in steps if not s.method.quantizes]
-        raise UsageError(f"pipeline {text!r}: {plain[0]} does not quantize and cannot be combined with other steps")
+    plain = [s.name for s in steps if not s.method.quantizes]
+    if plain and (len(plain) > 1 or any(s.stage != "transform" for s in steps)):
+        raise UsageError(f"pipeline {text!r}: {plain[0]} does not quantize and can only be combined with transform "
+                         "steps (e.g. 'qf_sepconv+fp32': the float reference of a transformed model)")
     if all(s.method.quantizes for s in steps):
         calibrators = [s for s in steps if s.stage == "calibrate"]
         refiners = [s.name for s in steps if s.stage == "refine"]
@@ -211,7 +216,13 @@ def cell_config(cell: Cell, plugins: Plugins) -> dict[str, Any]:
         "steps": [{"method": s.name, "stage": s.stage, "config": s.config.to_dict()} for s in steps],
         "backend": cell.backend, "scheme": cell.scheme, "seed": cell.seed, "calib_size": cell.calib_size,
         "eval_limit": cell.eval_limit,
+        **({"train_budget_s": cell.train_budget_s} if cell.train_budget_s is not None else {}),
     }
+
+
+def needs_training(steps: Sequence[Step]) -> list[str]:
+    """The steps of a pipeline that train (the runner gives them the train split and the training budget)."""
+    return [s.name for s in steps if s.method.needs_training]
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -219,11 +230,15 @@ def config_hash(config: dict[str, Any]) -> str:
 
 
 def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines: Sequence[str] = (),
-           backends: Sequence[str] = (), schemes: Sequence[str] = (), eval_limit: int | None = None) -> list[Cell]:
+           backends: Sequence[str] = (), schemes: Sequence[str] = (), eval_limit: int | None = None,
+           train_budget_s: float | None = None) -> list[Cell]:
     """The cells of ``suite``; a non-empty ``models``/``pipelines``/... replaces that dimension.
+    ``train_budget_s`` is set on the cells whose pipeline trains (and only on those).
 
     Every name is checked first: an unknown one raises UnknownNameError (CLI exit 2) before any work.
     """
+    if train_budget_s is not None and not train_budget_s > 0:
+        raise UsageError(f"the training budget must be a positive number of seconds, got {train_budget_s}")
     dataset = plugins.datasets.get(suite.dataset)
     dataset.check()
     model_entries = []
@@ -239,6 +254,13 @@ def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines
         model_entries.append((name, weights))
     parsed = {pipeline_name(steps): steps for steps in (parse_pipeline(p, plugins) for p in (pipelines or suite.pipelines))}
     pipes = list(parsed)
+    trainers = sorted({name for steps in parsed.values() for name in needs_training(steps)})
+    if trainers:
+        try:
+            dataset.check(("calib", "test", "train"))
+        except UsageError as exc:
+            raise UsageError(f"{', '.join(trainers)} trains on the train split of {dataset.name}, which cannot be "
+                             f"loaded: {exc}") from None
     backs = [plugins.backends.get(b).name for b in (backends or suite.backends)]
     scheme_objs = [parse_scheme(s) for s in (schemes or suite.schemes)]
     limit = eval_limit if eval_limit is not None else suite.eval_limit
@@ -251,8 +273,9 @@ def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines
         for scheme in (scheme_objs if quantizes else [FP32]):
             if quantizes and scheme.is_float:
                 continue
+            budget = train_budget_s if needs_training(parsed[pipe]) else None
             cells.append(Cell(model, weights, dataset.name, pipe, backend, scheme.name, seed, suite.calib_size,
-                              limit, suite.name))
+                              limit, suite.name, train_budget_s=budget))
     return list(dict.fromkeys(cells))
 
 
@@ -267,6 +290,8 @@ class Workspace:
         self.latency = latency  # None: no latency measurement (mqbench run measures it unless --no-latency)
         self._splits: dict[tuple[str, str, int | None, str], Split] = {}
         self._weights: dict[tuple[str, str], Any] = {}
+        # Models made by training transform steps, so the cells of one sweep share one training run.
+        self._trained: dict[str, tuple[nn.Module, dict[str, Any], dict[str, Any]]] = {}
 
     def split(self, dataset: str, split: str, limit: int | None = None, preprocess: str = "native") -> Split:
         """A decoded split (decoded once per process; image datasets also cache it on disk)."""
@@ -288,7 +313,11 @@ class Workspace:
     def split_keys(self, cell: Cell) -> list[tuple[str, str, int | None, str]]:
         """The keys (dataset, split, limit, preprocess) of the splits ``cell`` evaluates and calibrates on."""
         preprocess = self.plugins.models.get(cell.model).get_weights(cell.weights).preprocess
-        return [(cell.dataset, "calib", cell.calib_size, preprocess), (cell.dataset, "test", cell.eval_limit, preprocess)]
+        keys: list[tuple[str, str, int | None, str]] = [(cell.dataset, "calib", cell.calib_size, preprocess),
+                                                         (cell.dataset, "test", cell.eval_limit, preprocess)]
+        if needs_training(parse_pipeline(cell.pipeline, self.plugins)):
+            keys.append((cell.dataset, "train", None, preprocess))
+        return keys
 
     def has(self, key: tuple[str, str, int | None, str] | tuple[str, str]) -> bool:
         """Whether this process already holds the split (dataset, split, limit, preprocess) or the weights
@@ -367,6 +396,34 @@ def _one_line(text: str, limit: int = 2000) -> str:
     return " | ".join(lines)[:limit] if lines else "(no message)"
 
 
+def _transform(model: nn.Module, steps: Sequence[Step], cell: Cell, ctx: StepContext, ws: Workspace,
+               timer: _Timer) -> nn.Module:
+    """Apply the transform steps. When one of them trains, the result of the quantizing transform steps is kept
+    in the Workspace, so the other cells of the sweep with the same model, transforms, seed, data and budget
+    reuse it (``qf_sepconv+fp32`` and ``qf_sepconv+minmax`` share one fine-tuning; the reusing record says
+    ``reused_in_process`` and carries the cost of the training that made it). ``fp32``, which marks the float
+    reference and changes nothing, is applied after them."""
+    shared = [s for s in steps if s.method.quantizes]
+    key = json.dumps([cell.model, cell.weights, [s.text for s in shared], cell.seed, ws.split_keys(cell),
+                      cell.train_budget_s])
+    if needs_training(shared) and key in ws._trained:
+        trained, notes, training = ws._trained[key]
+        ctx.notes.update(copy.deepcopy(notes))
+        ctx.training.update({name: {**cost, "reused_in_process": True} for name, cost in training.items()})
+        model = copy.deepcopy(trained)
+    else:
+        for step in shared:
+            with timer(f"transform:{step.name}"):
+                model = step.method.transform(model, step.config, ctx)
+        if needs_training(shared):
+            ws._trained[key] = (copy.deepcopy(model), copy.deepcopy(ctx.notes), copy.deepcopy(ctx.training))
+    for step in steps:
+        if not step.method.quantizes:
+            with timer(f"transform:{step.name}"):
+                model = step.method.transform(model, step.config, ctx)
+    return model
+
+
 def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
     """Run one cell and return its record (status ``ok``, ``skipped`` or ``failed``); never raises
     for a failure inside the cell (KeyboardInterrupt and SystemExit propagate)."""
@@ -400,22 +457,28 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             record["skip_reason"] = f"backend {backend.name} cannot run the pipeline {cell.pipeline}: {reason}"
             return record
         torch.manual_seed(cell.seed)
-        calib_key, eval_key = ws.split_keys(cell)
+        split_keys = ws.split_keys(cell)
+        calib_key, eval_key = split_keys[0], split_keys[1]
+        train_key = split_keys[2] if len(split_keys) > 2 else None
         preprocess = calib_key[3]
         with timer("load_data"):
             calib = ws.split(*calib_key)
             evalset = ws.split(*eval_key)
-        ctx = StepContext(seed=cell.seed, batch_size=ws.batch_size, reporter=ws.reporter, calib=calib)
+            train_split = ws.split(*train_key) if train_key is not None else None
+        ctx = StepContext(seed=cell.seed, batch_size=ws.batch_size, reporter=ws.reporter, calib=calib,
+                          train=train_split, train_budget_s=cell.train_budget_s)
         record["data"] = {"dataset": cell.dataset, "preprocess": preprocess,
                           "calib": {"split": "calib", "size": len(calib), "fingerprint": calib.fingerprint()},
                           "eval": {"split": "test", "size": len(evalset), "fingerprint": evalset.fingerprint()}}
+        if train_split is not None:
+            record["data"]["train"] = {"split": "train", "size": len(train_split),
+                                       "fingerprint": train_split.fingerprint()}
         with timer("load_model"):
             model, weights_info = ws.float_model(cell.model, cell.weights)
         record["weights"] = weights_info
-        for step in steps:
-            if step.stage == "transform":
-                with timer(f"transform:{step.name}"):
-                    model = step.method.transform(model, step.config, ctx)
+        model = _transform(model, [s for s in steps if s.stage == "transform"], cell, ctx, ws, timer)
+        if ctx.training:
+            record["training"] = ctx.training
         evaluations: dict[str, Evaluation] = {}
         deployed: Deployed | None = None
         if cell.layerwise_images and (scheme.is_float or backend.calibrates_itself):

@@ -16,6 +16,7 @@ from mqbench.backends.simulated import Simulated
 from mqbench.methods import Method
 from mqbench.methods.minmax import MinMax
 from mqbench.models import ModelSpec, TrainConfig, TrainedWeights
+from mqbench.models.mobilenet_v1 import MobileNetV1
 
 
 class Tiny(nn.Module):
@@ -93,6 +94,12 @@ class Picky(Simulated):
 def mqbench_register_models(register):  # type: ignore[no-untyped-def]
     register(ModelSpec("tiny_test_cnn", Tiny, "one-conv test model", "plain_cnn", 32,
                        (TrainedWeights("synthetic", train=TrainConfig(epochs=1)),)))
+    register(ModelSpec("tiny_test_mobilenet_v1", tiny_mobilenet_v1, "MobileNetV1 x0.25 with two blocks", "mobilenet_v1",
+                       32, (TrainedWeights("synthetic", train=TrainConfig(epochs=1)),)))
+
+
+def tiny_mobilenet_v1(num_classes: int = 10) -> MobileNetV1:
+    return MobileNetV1(num_classes, width_mult=0.25, stem_stride=2, blocks=((64, 1), (128, 2)))
 
 
 @hookimpl

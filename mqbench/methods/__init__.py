@@ -6,6 +6,11 @@ A method is one step of a pipeline and declares its stage:
 * ``calibrate`` (choose ranges / qparams): ``calibrate(qsim, calib, config, ctx)``;
 * ``refine`` (after calibration: bias correction, AdaRound, ...): ``refine(qsim, float_model, calib, config, ctx)``.
 
+A method that trains (``needs_training = True``, e.g. ``qf_sepconv``'s fine-tuning) finds the dataset's
+``train`` split in ``ctx.train`` and the cell's wall-clock training budget in ``ctx.train_budget_s`` (None:
+none), and writes what its training cost (epochs, seconds, images) into ``ctx.training``; the runner
+stores that in the record under ``training``.
+
 Pipelines are ``+``-joined steps (``cle+mse+bias_correction``); a step is a method name, optionally
 with parameters: ``percentile(percentile=99.9)``, ``mse(targets=activations)``. The runner orders the
 steps by stage and rejects impossible pipelines before any work: a refine step without a calibrate
@@ -68,6 +73,9 @@ class StepContext:
     reporter: Reporter = SILENT
     notes: dict[str, Any] = field(default_factory=dict)  # what a step did, stored in the record
     calib: Split | None = None  # the calibration images, for transform steps that measure the float model
+    train: Split | None = None  # the train split, given to steps that declare ``needs_training``
+    train_budget_s: float | None = None  # wall-clock budget of a training step (None: none); stops at an epoch end
+    training: dict[str, Any] = field(default_factory=dict)  # what a training step cost, stored in the record
 
 
 class Method:
@@ -78,6 +86,7 @@ class Method:
     description: str = ""
     version: str = "1"
     quantizes: bool = True
+    needs_training: bool = False  # True: the runner supplies the train split and the cell's training budget
     config_type: type[MethodConfig] = NoConfig
 
     def default_config(self) -> MethodConfig:
