@@ -51,6 +51,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.methods.bias_correction",
     "mqbench.methods.msqe",
     "mqbench.methods.learned_scale",
+    "mqbench.methods.qat",
     "mqbench.methods.adaround",
     "mqbench.backends.simulated",
     "mqbench.backends.ort_int8",

@@ -122,22 +122,26 @@ def evaluate_top1(model: nn.Module, split: Split, batch_size: int = 512) -> floa
 
 def train(model: nn.Module, train_split: Split, test_split: Split | None, config: TrainConfig,
           reporter: Reporter = SILENT, label: str = "training", checkpoint: Path | None = None,
-          time_budget_s: float | None = None) -> TrainResult:
+          time_budget_s: float | None = None, param_groups: list[dict[str, Any]] | None = None) -> TrainResult:
     """Train ``model`` in place; returns the test top-1 after the last epoch (None without a test split).
 
     ``checkpoint``: the file the training state is written to after each epoch and resumed from when it exists
-    (it is left in place; the caller removes it once the result is stored)."""
+    (it is left in place; the caller removes it once the result is stored). ``param_groups``: the optimizer's
+    parameter groups, each with optional ``lr`` (its peak learning rate) and ``weight_decay`` (default: every
+    parameter in one group, :func:`parameter_groups`)."""
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be positive, got {time_budget_s}")
     g = torch.Generator().manual_seed(config.seed)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented; the stubs lack it
-    opt = torch.optim.SGD(parameter_groups(model, config), lr=config.lr, momentum=config.momentum,
-                          weight_decay=config.weight_decay, nesterov=True)
+    groups = param_groups if param_groups is not None else parameter_groups(model, config)
+    opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
+                          nesterov=True)
     steps_per_epoch = math.ceil(len(train_split) / config.batch_size)
     total_steps = config.epochs * steps_per_epoch
     # One-cycle (warm-up then cosine decay); it needs a few steps to have a warm-up phase at all.
-    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=config.lr, total_steps=total_steps,
+    sched = (torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g.get("lr", config.lr) for g in groups],
+                                                 total_steps=total_steps,
                                                  pct_start=max(0.25, 2 / total_steps))
              if total_steps >= 4 else None)
     history: list[dict[str, float]] = []

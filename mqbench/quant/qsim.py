@@ -55,6 +55,9 @@ class Quantizer(nn.Module):
         self.register_buffer("zero_point", None)
         self.observer: Observer | None = None
         self.mode: Mode = "quantize"
+        # Quantization-aware training (mqbench.methods.qat) installs a module here that fake-quantizes with
+        # trainable scales in ``quantize`` mode; it writes the learned qparams back and removes itself after.
+        self.learned: nn.Module | None = None
 
     @property
     def per_channel(self) -> bool:
@@ -91,6 +94,8 @@ class Quantizer(nn.Module):
                 raise RuntimeError(f"quantizer {self.name} is in observe mode without an observer")
             self.observer.observe(x)
             return x
+        if self.learned is not None:
+            return self.learned(x)
         if self.scale is None or self.zero_point is None:
             raise RuntimeError(f"quantizer {self.name} has no qparams: the pipeline needs a calibrate step")
         return Q.fake_quantize(x, self.scale, self.zero_point, qmin=self.saturate_min, qmax=self.saturate_max,
