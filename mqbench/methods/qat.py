@@ -250,11 +250,15 @@ class LearnedQuantizer(nn.Module):
             y = _SecondMoments.apply(y, self, inside)
         return y
 
-    def final_scale(self) -> torch.Tensor:
-        """The scale to deploy: the learned step (lsq) or the last power of two used (tqt, msqe)."""
+    def final_scale(self, weight: torch.Tensor | None = None) -> torch.Tensor:
+        """The scale to deploy: the learned step (lsq), or the power of two (tqt, msqe) for ``weight``, the trained
+        weights (without it: the one the last training step used)."""
         if self.kind == "lsq":
             return self.step.detach().clamp(min=1e-8).clone()
-        return self.current_scale.clone()
+        if weight is None:
+            return self.current_scale.clone()
+        with torch.no_grad():
+            return self.scale(weight.detach()).detach().reshape(self.current_scale.shape).clone()
 
 
 def _elements_per_scale(qsim: QuantSim, images: torch.Tensor) -> dict[tuple[str, str], int]:
@@ -329,7 +333,8 @@ class _QAT(Method):
         for learner in learners:
             q = learner.quantizer
             assert q.zero_point is not None
-            final = learner.final_scale().reshape(learner.initial_scale.shape)
+            weight = qsim.layer_weight(q.name) if q.kind == "weight" else None
+            final = learner.final_scale(weight).reshape(learner.initial_scale.shape)
             q.set_qparams(final, q.zero_point)
             changes.append((final / learner.initial_scale).log2().abs().flatten())
         octaves = torch.cat(changes) if changes else torch.zeros(1)
