@@ -44,7 +44,7 @@ def _describe(kind: str, item: Any) -> dict[str, Any]:
     if kind == "models":
         d.update(family=item.family, input_size=item.input_size, weights=[w.name for w in item.weights])
     elif kind == "methods":
-        d.update(stage=item.stage, quantizes=item.quantizes, version=item.version,
+        d.update(stage=item.stage, quantizes=item.quantizes, needs_training=item.needs_training, version=item.version,
                  config=item.default_config().to_dict())
     elif kind == "backends":
         d.update(simulation_only=item.simulation_only, version=item.version, unavailable=item.unavailable())
@@ -71,7 +71,8 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
             extra = ""
             if kind == "methods":
                 params = ", ".join(f"{k}={v}" for k, v in item["config"].items() if k != "version")
-                extra = f" [{item['stage']}]" + (f" parameters: {params}" if params else "")
+                stage = item["stage"] + (", trains: needs the train split" if item["needs_training"] else "")
+                extra = f" [{stage}]" + (f" parameters: {params}" if params else "")
             elif kind == "models":
                 extra = f" (weights: {', '.join(item['weights'])})"
             elif kind == "backends" and item["unavailable"]:

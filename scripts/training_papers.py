@@ -93,10 +93,11 @@ def main() -> None:
 
 def _match(newest: dict[tuple[str, str, str, str], dict[str, Any]], model: str, pipeline: str,
            scheme: str) -> dict[str, Any] | None:
-    """The cell whose pipeline is ``pipeline`` up to parameters that only size the training (epochs, train_limit)."""
+    """The cell whose pipeline is ``pipeline`` up to the parameters that size or lay out the training (epochs,
+    train_limit, channels_last)."""
     def base(p: str) -> str:
         import re
-        return re.sub(r",?(epochs|train_limit)=[0-9]+", "", p).replace("()", "").replace("(,", "(")
+        return re.sub(r",?(epochs|train_limit|channels_last)=[0-9a-z]+", "", p).replace("()", "").replace("(,", "(")
 
     hits = [r for (m, p, s, _), r in newest.items() if m == model and s == scheme and base(p) == base(pipeline)]
     return hits[-1] if hits else None
