@@ -477,8 +477,6 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             model, weights_info = ws.float_model(cell.model, cell.weights)
         record["weights"] = weights_info
         model = _transform(model, [s for s in steps if s.stage == "transform"], cell, ctx, ws, timer)
-        if ctx.training:
-            record["training"] = ctx.training
         evaluations: dict[str, Evaluation] = {}
         deployed: Deployed | None = None
         if cell.layerwise_images and (scheme.is_float or backend.calibrates_itself):
@@ -546,6 +544,8 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                 record["latency"] = measure_cell(deployed, float_model, images, ws.latency, ws.reporter)
         if ctx.notes:
             record["method_notes"] = ctx.notes
+        if ctx.training:  # what the steps that train (transform or refine) cost
+            record["training"] = ctx.training
         with timer("metrics"):
             record["metrics"] = {
                 which: {metric.name: metric.compute(ev) for metric in plugins.metrics}

@@ -119,10 +119,12 @@ def test_the_runner_supplies_the_train_split_and_budget_and_one_sweep_trains_onc
         plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
     pipelines = ["qf_sepconv(epochs=1,train_limit=256,channels_last=false)+fp32",
-                 "qf_sepconv(epochs=1,train_limit=256,channels_last=false)+minmax", "minmax"]
+                 "qf_sepconv(epochs=1,train_limit=256,channels_last=false)+minmax", "minmax",
+                 "minmax+lsq_qat(crop_padding=0,train_limit=128)"]
     cells = runner.expand(plugins, QUICK, models=["tiny_test_mobilenet_v1"], pipelines=pipelines,
                           schemes=["w8a8-pt"], eval_limit=64, train_budget_s=600)
-    assert [(c.scheme, c.train_budget_s) for c in cells] == [("fp32", 600), ("w8a8-pt", 600), ("w8a8-pt", None)]
+    assert [(c.scheme, c.train_budget_s) for c in cells] == [("fp32", 600), ("w8a8-pt", 600), ("w8a8-pt", None),
+                                                             ("w8a8-pt", 600)]
     assert "train_budget_s" in runner.cell_config(cells[0], plugins)
     assert "train_budget_s" not in runner.cell_config(cells[2], plugins)  # a cell that does not train keeps its hash
     ws = runner.Workspace(plugins)
@@ -139,6 +141,8 @@ def test_the_runner_supplies_the_train_split_and_budget_and_one_sweep_trains_onc
     assert "transform:qf_sepconv" in float_rec["timings_s"] and "transform:qf_sepconv" not in quant_rec["timings_s"]
     assert float_rec["data"]["train"]["size"] > 256  # the split supplied; the step used its first 256 images
     assert "training" not in records["minmax"] and "train" not in records["minmax"]["data"]
+    qat = records[cells[3].pipeline]  # a refine step that trains: its cost is in the record too
+    assert qat["status"] == "ok" and qat["training"]["lsq_qat"]["images_seen"] == 128
     # The leaderboard counts the reused fine-tuning in the cost of the cell that reused it.
     method_s = {r["pipeline"]: r["method_s"] for r in leaderboard.rows_from_records(summary.records)}
     assert method_s[cells[1].pipeline] >= round(first["seconds"], 1)
