@@ -60,6 +60,7 @@ from mqbench import hookimpl
 from mqbench.data import Split
 from mqbench.errors import UsageError
 from mqbench.methods import Method, MethodConfig, StepContext
+from mqbench.methods.learned_scale import ste_ceil, ste_round
 from mqbench.quant.estimators import Grid, channel_rows, msqe_scale, outlier_mask
 from mqbench.quant.qsim import Quantizer, QuantSim
 from mqbench.registry import Registry
@@ -93,16 +94,6 @@ class QATConfig(MethodConfig):
 @dataclass(frozen=True)
 class MSQEQATConfig(QATConfig):
     outlier_sigma: float = 2.0  # with remedies: the outlier mask's threshold in standard deviations
-
-
-def ste_round(x: torch.Tensor) -> torch.Tensor:
-    """``round(x)`` forward, identity gradient."""
-    return x + (torch.round(x) - x).detach()
-
-
-def ste_ceil(x: torch.Tensor) -> torch.Tensor:
-    """``ceil(x)`` forward, identity gradient."""
-    return x + (torch.ceil(x) - x).detach()
 
 
 def grad_scaled(x: torch.Tensor, g: float) -> torch.Tensor:
@@ -340,8 +331,7 @@ class _QAT(Method):
         octaves = torch.cat(changes) if changes else torch.zeros(1)
         qsim.eval()
         ctx.notes[self.name] = {"quantizers_trained": len(learners), "scale_change_octaves_median":
-                                float(octaves.median()), "scale_change_octaves_max": float(octaves.max()),
-                                "final_train_loss": result.history[-1]["train_loss"] if result.history else None}
+                                float(octaves.median()), "scale_change_octaves_max": float(octaves.max())}
         ctx.training[self.name] = {
             "epochs": result.epochs_done, "epochs_planned": config.epochs, "seconds": round(result.seconds, 3),
             "train_images": len(split), "images_seen": len(split) * result.epochs_done,
