@@ -3,7 +3,7 @@
 Grammar (case-insensitive)::
 
     fp32                                  no quantization (the float reference)
-    w<B>[a<B>][-pt|-pc][-pow2][-sym|-asym][-rr]
+    w<B>[a<B>][-pt|-pc][-pow2][-sym|-asym][-rr][-fl<B>]
 
     w<B>      weight bits, 2..16                 a<B>   activation bits, 2..16 (omitted: float activations)
     -pt       per-tensor weights (the default)   -pc    per-channel weights (one scale per output channel)
@@ -12,8 +12,11 @@ Grammar (case-insensitive)::
               symmetric signed weights, asymmetric unsigned activations
     -asym     weights asymmetric too
     -rr       reduce_range: activations use one bit less (fbgemm's overflow guard)
+    -fl<B>    the first and last weighted layers keep B-bit weights and B-bit input activations (the common
+              practice of low-bit QAT papers, e.g. LSQ, Esser et al. 2020, Section 3: the image and the
+              logits' layer are kept at 8 bits): ``w4a4-pc-fl8``
 
-Examples: ``w8a8`` (= ``w8a8-pt``), ``w8a8-pc``, ``w4a8-pt``, ``w4-pow2``, ``w8a8-pc-sym``.
+Examples: ``w8a8`` (= ``w8a8-pt``), ``w8a8-pc``, ``w4a8-pt``, ``w4-pow2``, ``w8a8-pc-sym``, ``w4a4-pc-fl8``.
 """
 
 from __future__ import annotations
@@ -24,10 +27,11 @@ from typing import Literal
 
 from mqbench.errors import UsageError
 
-GRAMMAR = ("w<bits>[a<bits>][-pt|-pc][-pow2][-sym|-asym][-rr] with bits in 2..16, or fp32 "
-           "(e.g. w8a8, w8a8-pc, w4a8-pt, w4-pow2)")
+GRAMMAR = ("w<bits>[a<bits>][-pt|-pc][-pow2][-sym|-asym][-rr][-fl<bits>] with bits in 2..16, or fp32 "
+           "(e.g. w8a8, w8a8-pc, w4a8-pt, w4-pow2, w4a4-pc-fl8)")
 _RE = re.compile(r"^w(\d+)(?:a(\d+))?((?:-[a-z0-9]+)*)$")
 _SUFFIXES = {"pt", "pc", "pow2", "sym", "asym", "rr"}
+_FIRST_LAST = re.compile(r"^fl(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -41,15 +45,34 @@ class QuantScheme:
     act_symmetric: bool = False
     power_of_two: bool = False
     reduce_range: bool = False
+    # Bits of the first and last weighted layers' weights and input activations (None: the scheme's bits).
+    first_last_bits: int | None = None
 
     def __post_init__(self) -> None:
-        for what, bits in (("weight", self.weight_bits), ("activation", self.act_bits)):
+        for what, bits in (("weight", self.weight_bits), ("activation", self.act_bits),
+                           ("first/last layer", self.first_last_bits)):
             if bits is not None and not 2 <= bits <= 16:
                 raise UsageError(f"{what} bits must be in 2..16, got {bits}; scheme grammar: {GRAMMAR}")
         if self.weight_bits is None and self.act_bits is not None:
             raise UsageError("a scheme with float weights cannot quantize activations; scheme grammar: " + GRAMMAR)
         if self.reduce_range and self.act_bits is None:
             raise UsageError("-rr (reduce_range) needs quantized activations; scheme grammar: " + GRAMMAR)
+        if self.first_last_bits is not None:
+            if self.weight_bits is None:
+                raise UsageError("-fl<bits> needs a quantizing scheme; scheme grammar: " + GRAMMAR)
+            if self.first_last_bits == self.weight_bits and self.act_bits in (None, self.first_last_bits):
+                raise UsageError(f"-fl{self.first_last_bits} changes nothing in a scheme whose bits are already "
+                                 f"{self.first_last_bits}; drop it")
+
+    def layer_weight_bits(self, first_or_last: bool) -> int | None:
+        """Weight bits of a layer (``first_or_last``: the first or last weighted layer)."""
+        return self.first_last_bits if first_or_last and self.first_last_bits is not None else self.weight_bits
+
+    def layer_act_bits(self, first_or_last: bool) -> int | None:
+        """Bits of a layer's input activations, before reduce_range (see :attr:`effective_act_bits`)."""
+        if self.act_bits is None:
+            return None
+        return self.first_last_bits if first_or_last and self.first_last_bits is not None else self.act_bits
 
     @property
     def is_float(self) -> bool:
@@ -82,6 +105,8 @@ class QuantScheme:
             out += "-asym"
         if self.reduce_range:
             out += "-rr"
+        if self.first_last_bits is not None:
+            out += f"-fl{self.first_last_bits}"
         return out
 
     def __str__(self) -> str:
@@ -101,6 +126,10 @@ def parse_scheme(text: str) -> QuantScheme:
         raise UsageError(f"malformed scheme {text!r}; expected {GRAMMAR}")
     wbits, abits, rest = int(m.group(1)), m.group(2), m.group(3)
     suffixes = [x for x in rest.split("-") if x]
+    first_last = [int(m.group(1)) for x in suffixes if (m := _FIRST_LAST.match(x))]
+    if len(first_last) > 1:
+        raise UsageError(f"malformed scheme {text!r}: -fl<bits> is repeated; expected {GRAMMAR}")
+    suffixes = [x for x in suffixes if not _FIRST_LAST.match(x)]
     unknown = [x for x in suffixes if x not in _SUFFIXES]
     if unknown:
         raise UsageError(f"malformed scheme {text!r}: unknown suffix -{unknown[0]}; expected {GRAMMAR}")
@@ -120,4 +149,5 @@ def parse_scheme(text: str) -> QuantScheme:
         act_symmetric="sym" in suffixes,
         power_of_two="pow2" in suffixes,
         reduce_range="rr" in suffixes,
+        first_last_bits=first_last[0] if first_last else None,
     )

@@ -102,7 +102,7 @@ class OrtDefault(OnnxRuntimeBackend):
     calibrations = CALIBRATIONS
 
     def check_scheme(self, scheme: QuantScheme) -> str | None:
-        if scheme.weight_bits != 8 or scheme.act_bits != 8:
+        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
             return "ONNX Runtime's quantize_static writes 8-bit weights and activations (a w8a8 scheme)"
         if scheme.act_symmetric or not scheme.weight_symmetric or scheme.power_of_two or scheme.reduce_range:
             return ("the peer row is ONNX Runtime's recommended x86 setting: uint8 asymmetric activations, int8 "

@@ -404,7 +404,7 @@ class OrtQDQ(OnnxRuntimeBackend):
     description = "ONNX Runtime CPU int8 kernels, the QuantSim exported as QDQ ONNX with its exact qparams"
 
     def check_scheme(self, scheme: QuantScheme) -> str | None:
-        if scheme.weight_bits != 8 or scheme.act_bits != 8:
+        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
             return "ONNX Runtime's integer kernels take 8-bit weights and 8-bit activations (a w8a8 scheme)"
         if not scheme.weight_symmetric and scheme.weight_granularity == "channel":
             return "ONNX Runtime's QLinearConv needs per-channel weight zero points of 0: drop -asym"

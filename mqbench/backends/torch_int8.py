@@ -309,7 +309,7 @@ class TorchInt8(Backend):
         return None
 
     def check_scheme(self, scheme: QuantScheme) -> str | None:
-        if scheme.weight_bits != 8 or scheme.act_bits != 8:
+        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
             return "PyTorch's quantized kernels take 8-bit weights and 8-bit activations (a w8a8 scheme)"
         if scheme.act_symmetric:
             return "PyTorch's quantized convolutions take unsigned (quint8) activations: drop -sym"

@@ -233,10 +233,12 @@ class QuantSim(nn.Module):
         gm = fold_batchnorm(trace(model))
         layers = weighted_layers(gm)
         weight_q: dict[str, Quantizer] = {}
-        assert scheme.weight_bits is not None
+        first_last = {layers[0].name, layers[-1].name} if layers else set()
         for info in layers:
             layer = gm.get_submodule(info.name)
-            quantizer = Quantizer(info.name, "weight", scheme.weight_bits, scheme.weight_symmetric, True,
+            bits = scheme.layer_weight_bits(info.name in first_last)
+            assert bits is not None
+            quantizer = Quantizer(info.name, "weight", bits, scheme.weight_symmetric, True,
                                   scheme.power_of_two, 0 if scheme.weight_granularity == "channel" else None)
             new = (QuantConv2d.from_float(layer, quantizer) if isinstance(layer, nn.Conv2d)
                    else QuantLinear.from_float(layer, quantizer))  # type: ignore[arg-type]
@@ -245,7 +247,7 @@ class QuantSim(nn.Module):
             weight_q[info.name] = quantizer
         act_q: dict[str, Quantizer] = {}
         if scheme.act_bits is not None:
-            act_q = _insert_activation_quantizers(gm, scheme, placement)
+            act_q = _insert_activation_quantizers(gm, scheme, placement, first_last)
             if placement.int32_bias:
                 _bind_input_quantizers(gm)
         gm.recompile()
@@ -379,7 +381,21 @@ def _bind_input_quantizers(gm: fx.GraphModule) -> None:
             layer.input_quantizer = lambda q=quantizer: q
 
 
-def _insert_activation_quantizers(gm: fx.GraphModule, scheme: QuantScheme, placement: Placement) -> dict[str, Quantizer]:
+def _feeding_point(node: fx.Node, points: list[fx.Node], modules: dict[str, nn.Module]) -> fx.Node | None:
+    """The quantization point whose output is ``node``'s input (through pass-through ops and unrequantized
+    pooling), or None."""
+    source = node.args[0] if node.args else None
+    while isinstance(source, fx.Node) and source not in points:
+        if not (is_passthrough(source, modules) or is_pool(source, modules)) or not source.args:
+            return None
+        source = source.args[0]
+    return source if isinstance(source, fx.Node) else None
+
+
+def _insert_activation_quantizers(gm: fx.GraphModule, scheme: QuantScheme, placement: Placement,
+                                  first_last: set[str]) -> dict[str, Quantizer]:
+    """Insert the activation quantizers; the inputs of the layers named in ``first_last`` get the scheme's
+    first/last-layer bits (``-fl<B>``)."""
     modules = dict(gm.named_modules())
     points: list[fx.Node] = []
     covered: set[fx.Node] = set()
@@ -401,15 +417,18 @@ def _insert_activation_quantizers(gm: fx.GraphModule, scheme: QuantScheme, place
         elif is_pool(node, modules) and not placement.requantize_pooling:
             continue
         points.append(point)
+    feeding_first_last = {_feeding_point(node, points, modules) for node in gm.graph.nodes
+                          if node.op == "call_module" and str(node.target) in first_last}
     container = nn.ModuleDict()
     gm.add_module("activation_quantizers", container)
     quantizers: dict[str, Quantizer] = {}
-    bits = scheme.effective_act_bits
-    assert bits is not None and scheme.act_bits is not None
-    storage = Q.quant_range(scheme.act_bits, scheme.act_signed) if placement.full_range_storage else None
     for point in points:
         name = _point_name(point)
         key = name.replace(".", "_")
+        stored_bits = scheme.layer_act_bits(point in feeding_first_last)
+        assert stored_bits is not None
+        bits = stored_bits - 1 if scheme.reduce_range else stored_bits
+        storage = Q.quant_range(stored_bits, scheme.act_signed) if placement.full_range_storage else None
         q = Quantizer(name, "activation", bits, scheme.act_symmetric, scheme.act_signed, scheme.power_of_two, None,
                       saturation=storage)
         container[key] = q

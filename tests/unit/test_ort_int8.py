@@ -105,6 +105,7 @@ def test_agreement_counts_top1_matches_and_logit_sqnr() -> None:
 
 @pytest.mark.parametrize(("scheme", "reason"), [("w4a8-pc", "8-bit weights and 8-bit activations"),
                                                  ("w8-pc", "8-bit weights and 8-bit activations"),
+                                                 ("w8a8-pc-fl16", "8-bit weights and 8-bit activations"),
                                                  ("w8a8-pc-asym", "zero points of 0")])
 def test_schemes_the_runtime_cannot_run_are_refused(scheme: str, reason: str) -> None:
     message = OrtQDQ().check_scheme(parse_scheme(scheme))

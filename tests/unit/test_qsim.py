@@ -65,6 +65,22 @@ def test_placement_is_the_backends_choice() -> None:
     assert len(other.act_quantizers) > len(default.act_quantizers)
 
 
+@pytest.mark.parametrize("requantize_pooling", [True, False])
+def test_first_last_bits_apply_to_the_first_and_last_layers_and_their_inputs(requantize_pooling: bool) -> None:
+    model = quick_mobilenet_v2(10).eval()
+    qsim = QuantSim.from_float(model, parse_scheme("w4a4-pc-fl8"), Placement(requantize_pooling=requantize_pooling))
+    layers = [layer.name for layer in weighted_layers(qsim.model)]
+    weight_bits = {name: q.bits for name, q in qsim.weight_quantizers.items()}
+    assert weight_bits.pop(layers[0]) == 8 and weight_bits.pop(layers[-1]) == 8
+    assert set(weight_bits.values()) == {4}
+    act_bits = {name: q.bits for name, q in qsim.act_quantizers.items()}
+    last_input = "pool" if requantize_pooling else [p for p in act_bits if p.startswith("features.")][-1]
+    assert act_bits.pop("x") == 8 and act_bits.pop(last_input) == 8
+    assert set(act_bits.values()) == {4}  # the logits too: only layer inputs are kept at 8 bits
+    rr = QuantSim.from_float(model, parse_scheme("w4a4-pc-rr-fl8"))
+    assert rr.act_quantizers["x"].bits == 7 and rr.act_quantizers["features.0.2"].bits == 3
+
+
 def test_max_pool_and_flatten_are_pass_through() -> None:
     qsim = QuantSim.from_float(quick_cnn(10).eval(), parse_scheme("w8a8"))
     assert not any("features_2" == p or p.startswith("flatten") for p in qsim.act_quantizers)

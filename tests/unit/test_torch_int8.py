@@ -110,6 +110,7 @@ def test_per_channel_clip_and_same_padding_deploy_as_integer_ops() -> None:
 
 @pytest.mark.parametrize(("scheme", "reason"), [("w4a8-pc", "8-bit weights and 8-bit activations"),
                                                  ("w8-pc", "8-bit weights and 8-bit activations"),
+                                                 ("w8a8-pc-fl16", "8-bit weights and 8-bit activations"),
                                                  ("w8a8-pc-sym", "unsigned (quint8) activations"),
                                                  ("w8a8-pt-asym", "zero points of 0")])
 def test_schemes_the_kernels_cannot_run_are_refused(scheme: str, reason: str) -> None:
