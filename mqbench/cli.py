@@ -26,7 +26,7 @@ from mqbench.metrics.latency import LatencySettings
 from mqbench.plugins import DISABLE_ENV, Plugins, get_plugins
 from mqbench.progress import Reporter, make_progress
 from mqbench.report import layerwise as layerwise_report
-from mqbench.report import leaderboard
+from mqbench.report import leaderboard, publish
 from mqbench.store import Store
 from mqbench.suites import DEFAULT_SUITE
 
@@ -331,6 +331,11 @@ def cmd_leaderboard(args: argparse.Namespace, plugins: Plugins) -> int:
     loaded = store.load()
     for path, problem in loaded.problems:
         err.print(f"warning: skipped {path}: {problem}")
+    if args.publish:
+        written = publish.publish(loaded, Path(_results_dir(args)), lambda r: store.attachment(r, "layerwise"))
+        for path in written:
+            out.print(f"wrote {path}", markup=False, highlight=False)
+        return 0
     links: list[str] = []
     if args.plots:
         written = layerwise_report.render_plots(loaded.records, lambda r: store.attachment(r, "layerwise"),
@@ -489,7 +494,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("leaderboard", help="render the leaderboard from stored records",
-                       description="Render the leaderboard from the records in the results directory only.")
+                       description="Render the leaderboard from the records in the results directory only. "
+                       "--publish writes the published leaderboard into the results directory: LEADERBOARD.md, "
+                       "leaderboard.csv, leaderboard.json, plots/*.png and index.html (one self-contained page with "
+                       "sortable, filterable tables); the same records always give the same files.")
+    p.add_argument("--publish", action="store_true", help="write LEADERBOARD.md, leaderboard.csv/.json, plots/ and "
+                   "index.html into the results directory (plots/ is rebuilt)")
     p.add_argument("--format", choices=("rich", "md", "csv", "json"), default="rich", help="output format")
     p.add_argument("--plots", metavar="DIR", help="also render the error-accumulation plots of analysed records into "
                    "DIR (linked from the Markdown output)")

@@ -4,13 +4,15 @@ Layout: ``<results>/records/<created>-<config hash>-<record id>.json``. A record
 a hidden ``.*.partial`` temp file in the same directory, fsynced, then hard-linked to its final name
 (which fails rather than overwrite an existing file) and the temp file removed: a killed run leaves
 at most a hidden temp file, which is never read as a record. Files that are not valid records
-(corrupt JSON, foreign files, a newer schema) are reported by name and skipped, never modified.
+(corrupt JSON, foreign files, a newer schema, a record written by a newer mqbench) are reported by name and
+skipped, never modified.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import re
 import tempfile
 import uuid
 from collections.abc import Sequence
@@ -18,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mqbench import __version__
 from mqbench.errors import ResultsDirError
 from mqbench.fsutil import atomic_write
 
@@ -49,7 +52,18 @@ def validate(data: Any) -> str | None:
             return f"record field {key!r} is missing or not a {typ.__name__}"
     if data["status"] not in STATUSES:
         return f"record status {data['status']!r} is not one of {STATUSES}"
+    written_by = (data.get("provenance") or {}).get("mqbench") if isinstance(data.get("provenance"), dict) else None
+    if isinstance(written_by, str) and release(written_by) > release(__version__):
+        return f"written by a newer mqbench ({written_by} > {__version__}); upgrade mqbench to read it"
     return None
+
+
+def release(version: str) -> tuple[int, int, int]:
+    """The release numbers of a version string (``"0.2.1rc1+g3f"`` -> ``(0, 2, 1)``; missing parts are 0)."""
+    m = re.match(r"\s*v?(\d+)(?:\.(\d+))?(?:\.(\d+))?", version)
+    if m is None:
+        return (0, 0, 0)
+    return (int(m.group(1)), int(m.group(2) or 0), int(m.group(3) or 0))
 
 
 class Store:

@@ -69,9 +69,10 @@ def _resnet_weights(depth: int, file: str, sha256: str) -> FileWeights:
 PUBLISHED_MODELS = Path(__file__).resolve().parents[2] / "results" / "models"
 
 
-def _published(name: str, file: str, sha256: str, width: float, description: str) -> FileWeights:
-    return FileWeights(name, description, "cifar10", "native", (("width_mult", width),), sha256,
-                       path=str(PUBLISHED_MODELS / file))
+def _published(name: str, file: str, sha256: str, width: float | None, description: str) -> FileWeights:
+    """Weights in ``results/models``; ``width``: the ``width_mult`` the model was built with (None: no such argument)."""
+    build = (("width_mult", width),) if width is not None else ()
+    return FileWeights(name, description, "cifar10", "native", build, sha256, path=str(PUBLISHED_MODELS / file))
 
 
 def _resnet(depth: int, num_classes: int = 10) -> nn.Module:

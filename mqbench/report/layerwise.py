@@ -118,6 +118,14 @@ def _slug(*parts: Any) -> str:
     return re.sub(r"[^A-Za-z0-9_.+-]+", "_", "-".join(str(p) for p in parts)).strip("_")
 
 
+def png_metadata() -> dict[str, str]:
+    """PNG tags that keep a plot's bytes reproducible: no timestamp, and the matplotlib version that drew it (the
+    bytes are the same for the same version)."""
+    import matplotlib
+
+    return {"Software": f"matplotlib {matplotlib.__version__}"}
+
+
 def plot_sqnr(series: Sequence[tuple[str, dict[str, Any]]], title: str, path: Path) -> Path:
     """Accumulated (solid) and local (dotted) SQNR against layer index, one colour per ``(label, detail)``,
     depthwise layers marked with triangles, capped values drawn at the cap; written as a PNG."""
@@ -147,7 +155,7 @@ def plot_sqnr(series: Sequence[tuple[str, dict[str, Any]]], title: str, path: Pa
     ax.legend(fontsize=8, ncol=2, loc="upper right")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
+    fig.savefig(path, metadata=png_metadata())
     plt.close(fig)
     return path
 
@@ -184,7 +192,7 @@ def plot_weight_ranges(series: Sequence[tuple[str, dict[str, Any]]], title: str,
     axes[-1, 0].set_xlabel("layer index (execution order)")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, metadata={"Software": None})
+    fig.savefig(path, metadata=png_metadata())
     plt.close(fig)
     return path
 
@@ -214,4 +222,4 @@ def render_plots(records: Sequence[dict[str, Any]], load_detail: Any, out_dir: P
 
 
 __all__ = ["ERROR_FIELDS", "ERROR_HEADER", "ERROR_LEGEND", "analysed", "error_cells", "error_rows", "error_table",
-           "layer_table", "plot_sqnr", "plot_weight_ranges", "render_plots", "sqnr_text"]
+           "layer_table", "plot_sqnr", "plot_weight_ranges", "png_metadata", "render_plots", "sqnr_text"]

@@ -29,7 +29,8 @@ from mqbench.metrics.accuracy import mcnemar_p, unpack_bits
 from mqbench.report import layerwise
 from mqbench.store import LoadResult, newest_per_config
 
-FIELDS = ("suite", "dataset", "model", "weights", "pipeline", "backend", "scheme", "seed", "status", "evaluated",
+FIELDS = ("suite", "dataset", "model", "weights", "environment", "pipeline", "backend", "scheme", "seed", "status",
+          "evaluated",
           "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "p_vs_fp32", "p_vs_best",
           "best_in_scheme", "sim_top1", "agreement", "logit_sqnr_db", "int_sim_top1", "agreement_int_sim", "method_s",
           "note", "record",
@@ -48,8 +49,19 @@ def _accuracy(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None
     return None, None
 
 
+def environment(record: dict[str, Any]) -> str:
+    """What a record's figures depend on beyond its config: the machine (CPU, ISA flags, threads) and the library
+    versions. Rows of different environments are never compared with each other (no delta, no significance)."""
+    prov = record.get("provenance") or {}
+    cpu = prov.get("cpu") or {}
+    isa = ",".join(cpu.get("isa") or []) or "?"
+    return (f"{cpu.get('model', '?')} {cpu.get('machine', '')} [{isa}], {prov.get('threads', '?')} threads; "
+            f"torch {prov.get('torch', '?')}, onnxruntime {prov.get('onnxruntime', '?')}, "
+            f"mqbench {prov.get('mqbench', '?')}").replace("  ", " ")
+
+
 def _group_key(row: dict[str, Any]) -> tuple[Any, ...]:
-    return (row["dataset"], row["model"], row["weights"], row["seed"], row["n_config"])
+    return (row["dataset"], row["model"], row["weights"], row["seed"], row["n_config"], row["environment"])
 
 
 def _latency_fields(record: dict[str, Any]) -> dict[str, Any]:
@@ -89,7 +101,8 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             note = f"{note}; {ran_float}" if note else ran_float
         row: dict[str, Any] = {
             "suite": r.get("suite"), "dataset": c.get("dataset"), "model": c.get("model"),
-            "weights": c.get("weights"), "pipeline": c.get("pipeline"), "backend": c.get("backend"),
+            "weights": c.get("weights"), "environment": environment(r), "pipeline": c.get("pipeline"),
+            "backend": c.get("backend"),
             "scheme": c.get("scheme"), "seed": c.get("seed"), "status": r["status"], "evaluated": which,
             "top1": None, "top1_lo": None, "top1_hi": None, "top5": None, "top5_lo": None, "top5_hi": None,
             "n": None, "delta_top1": None, "p_vs_fp32": None, "p_vs_best": None,
@@ -132,7 +145,8 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
                 row["best_in_scheme"] = True
             else:
                 row["p_vs_best"] = _paired_p(row, leader)
-    rows.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), str(r["weights"]), r["pipeline"] != "fp32",
+    rows.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), str(r["weights"]), r["environment"],
+                             r["pipeline"] != "fp32",
                              str(r["pipeline"]), str(r["scheme"]), str(r["backend"]), r["seed"] or 0))
     for row in rows:
         del row["n_config"], row["_images"], row["_outcomes"], row["_harness_only"]

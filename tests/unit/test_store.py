@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from mqbench.errors import ResultsDirError
-from mqbench.store import SCHEMA, SCHEMA_VERSION, Store, new_record_id
+from mqbench.store import SCHEMA, SCHEMA_VERSION, Store, new_record_id, release
 
 
 def record(h: str = "a" * 64, status: str = "ok", created: str = "2026-11-22T10:00:00.000001+00:00") -> dict:
@@ -52,6 +52,7 @@ def test_corrupt_and_foreign_files_are_reported_and_left_untouched(tmp_path: Pat
     d = tmp_path / "records"
     files = {"truncated.json": b'{"schema": "mqbench.rec', "foreign.json": b'{"hello": "world"}\n',
              "newer.json": json.dumps({**record("b" * 64), "schema_version": SCHEMA_VERSION + 1}).encode(),
+             "newer-mqbench.json": json.dumps({**record("d" * 64), "provenance": {"mqbench": "99.0.1"}}).encode(),
              "binary.json": b"\xff\xfe\x00garbage", "list.json": b"[1, 2]"}
     for name, data in files.items():
         (d / name).write_bytes(data)
@@ -63,6 +64,7 @@ def test_corrupt_and_foreign_files_are_reported_and_left_untouched(tmp_path: Pat
     assert set(problems) == set(files)
     assert "not valid JSON" in problems["truncated.json"] and "newer mqbench" in problems["newer.json"]
     assert "not an mqbench record" in problems["foreign.json"]
+    assert problems["newer-mqbench.json"].startswith("written by a newer mqbench (99.0.1 > ")
     store.append(record("c" * 64))
     after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in d.iterdir()}
     assert all(after[n] == h for n, h in before.items())
@@ -91,3 +93,8 @@ def test_read_only_results_dir_is_not_writable(tmp_path: Path) -> None:
     finally:
         (ro / "records").chmod(0o700)
         ro.chmod(0o700)
+
+
+def test_release_numbers_of_version_strings() -> None:
+    assert release("0.2.1rc1+g3f") == (0, 2, 1) and release("1.10") == (1, 10, 0) and release("v3") == (3, 0, 0)
+    assert release("unknown") == (0, 0, 0) and release("0.10.0") > release("0.9.9")

@@ -1,0 +1,115 @@
+"""`mqbench leaderboard --publish`: every output derived from records only, byte-identical on re-render,
+environments never mixed, unreadable files listed and left out, a self-contained page."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import shutil
+from pathlib import Path
+
+from mqbench.report import publish
+from mqbench.store import SCHEMA, SCHEMA_VERSION, Store
+
+
+def rec(pipeline: str, scheme: str, top1: float, created: str, model: str = "mobilenet_v2", torch: str = "2.13.0",
+        backend: str = "simulated") -> dict:
+    acc = {"n": 1300, "top1": {"value": top1, "ci95": [top1 - 0.02, top1 + 0.02]},
+           "top5": {"value": 0.95, "ci95": [0.94, 0.96]}}
+    return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "record_id": created[-6:] + "0" * 26,
+            "created": created, "config_hash": f"{model}-{pipeline}-{scheme}-{backend}-{torch}", "status": "ok",
+            "suite": "imagenet",
+            "config": {"dataset": "imagenet", "model": model, "weights": "tf2ptq", "pipeline": pipeline,
+                       "backend": backend, "scheme": scheme, "seed": 0, "eval_limit": None},
+            "weights": {"name": "tf2ptq", "sha256": "ab" * 32, "source": "file:/data/imagenet/weights/v2.pth"},
+            "data": {"dataset": "imagenet", "eval": {"split": "test", "size": 1300, "fingerprint": "cd" * 32},
+                     "calib": {"split": "calib", "size": 512}},
+            "provenance": {"cpu": {"model": "CPU X", "machine": "x86_64", "isa": ["avx2", "fma"]}, "threads": 2,
+                           "torch": torch, "onnxruntime": "1.32.0", "mqbench": "0.1.0",
+                           "git": {"commit": "0123456789abcdef", "dirty": False}},
+            "metrics": {"sim": {"accuracy": acc}}}
+
+
+def _store(root: Path, records: list[dict]) -> Store:
+    store = Store(root)
+    for r in records:
+        store.append(r)
+    return store
+
+
+def _digest(root: Path) -> dict[str, str]:
+    names = [*publish.OUTPUTS, *(p.relative_to(root).as_posix() for p in (root / publish.PLOTS_DIR).rglob("*"))]
+    return {n: hashlib.sha256((root / n).read_bytes()).hexdigest() for n in sorted(names)}
+
+
+RECORDS = [rec("fp32", "fp32", 0.79, "2026-01-01T00:00:01.000001+00:00"),
+           rec("minmax", "w8a8-pt", 0.074, "2026-01-01T00:00:02.000001+00:00"),
+           rec("cle+mse+bias_correction", "w8a8-pt", 0.70, "2026-01-01T00:00:03.000001+00:00")]
+
+
+def test_publish_writes_every_output_and_re_renders_byte_identically(tmp_path: Path) -> None:
+    store = _store(tmp_path / "a", RECORDS)
+    written = publish.publish(store.load(), store.root)
+    assert {p.name for p in written} >= set(publish.OUTPUTS)
+    assert any(p.suffix == ".png" for p in written)
+    first = _digest(store.root)
+    shutil.copytree(store.root / "records", tmp_path / "b" / "records")  # another place, another listing order
+    publish.publish(Store(tmp_path / "b").load(), tmp_path / "b")
+    assert _digest(tmp_path / "b") == first
+    publish.publish(store.load(), store.root)
+    assert _digest(store.root) == first
+    md = (store.root / "LEADERBOARD.md").read_text()
+    assert "## Suite imagenet" in md and "### mobilenet_v2 (tf2ptq) on imagenet" in md
+    assert "| minmax | w8a8-pt | simulated | 7.40 [5.40, 9.40] | 95.00 | -71.60" in md
+    # every table says what its figures came from, and each row links to its record
+    assert "sha256 `abababababababab`" in md and "1300 images" in md and "calibrated on 512 images" in md
+    assert "CPU X x86_64 [avx2,fma], 2 threads; torch 2.13.0, onnxruntime 1.32.0, mqbench 0.1.0" in md
+    for f in (store.root / "records").iterdir():
+        assert f"(records/{f.name})" in md
+    assert str(tmp_path) not in md and str(tmp_path) not in (store.root / "index.html").read_text()
+
+
+def test_environments_are_never_mixed_in_one_table(tmp_path: Path) -> None:
+    other = rec("minmax", "w8a8-pc", 0.75, "2026-01-01T00:00:04.000001+00:00", torch="2.14.0")
+    store = _store(tmp_path, [*RECORDS, other])
+    publish.publish(store.load(), store.root)
+    md = (store.root / "LEADERBOARD.md").read_text()
+    assert "### mobilenet_v2 (tf2ptq) on imagenet, environment 1 of 2" in md
+    assert "### mobilenet_v2 (tf2ptq) on imagenet, environment 2 of 2" in md
+    second = md.split("### mobilenet_v2 (tf2ptq) on imagenet, environment 2 of 2")[1]
+    assert "torch 2.14.0" in second and "| minmax | w8a8-pc | simulated | 75.00" in second
+    # no fp32 row in its environment: no delta to another environment's fp32
+    row = next(line for line in second.splitlines() if line.startswith("| minmax | w8a8-pc"))
+    assert row.split("|")[6].strip() == ""
+    rows = json.loads((store.root / "leaderboard.json").read_text())["rows"]
+    assert {r["environment"].split("torch ")[1][:6] for r in rows} == {"2.13.0", "2.14.0"}
+
+
+def test_unreadable_records_are_listed_by_name_and_left_out(tmp_path: Path) -> None:
+    store = _store(tmp_path, RECORDS)
+    newer_schema = {**rec("minmax", "w4a8-pc", 0.5, "2026-01-01T00:00:05.000001+00:00"),
+                    "schema_version": SCHEMA_VERSION + 1}
+    newer_mqbench = rec("minmax", "w6a8-pc", 0.6, "2026-01-01T00:00:06.000001+00:00")
+    newer_mqbench["provenance"]["mqbench"] = "9.0.0"
+    (store.records_dir / "future-schema.json").write_text(json.dumps(newer_schema))
+    (store.records_dir / "future-mqbench.json").write_text(json.dumps(newer_mqbench))
+    publish.publish(store.load(), store.root)
+    md = (store.root / "LEADERBOARD.md").read_text()
+    assert "w4a8-pc" not in md.split("## Left out")[0] and "w6a8-pc" not in md.split("## Left out")[0]
+    left_out = md.split("## Left out")[1]
+    assert re.search(r"\| future-schema\.json \| written by a newer mqbench \(schema 2 > 1\)", left_out)
+    assert "| future-mqbench.json | written by a newer mqbench (9.0.0 > 0.1.0)" in left_out
+    assert "2 file(s) in `records/` were left out" in md
+
+
+def test_the_page_is_self_contained_with_sortable_filterable_tables(tmp_path: Path) -> None:
+    store = _store(tmp_path, RECORDS)
+    publish.publish(store.load(), store.root)
+    page = (store.root / "index.html").read_text()
+    assert not re.search(r"""(src|href)=["']?(https?:)?//""", page)  # nothing fetched at view time
+    assert "<link" not in page and page.count('src="data:image/png;base64,') == 1
+    assert page.count('class="sortable"') == 1 and page.count('<input type="search" class="filter"') == 1
+    table = page.split('class="sortable"')[1].split("</table>")[0]
+    assert table.count("<tr>") == 1 + len(RECORDS)  # header + one row per record
+    assert 'data-sort="0.074"' in table and 'data-type="num"' in table
