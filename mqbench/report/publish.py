@@ -326,7 +326,7 @@ STYLE = """
 body{font:14px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
 header,main{max-width:1500px;margin:0 auto;padding:0 24px}
 header{padding-top:18px}h1{font-size:26px;margin:8px 0}h2{font-size:21px;margin:34px 0 6px;border-bottom:2px solid #d5d9e0}
-h3{font-size:17px;margin:26px 0 6px}nav ul{columns:2;font-size:13px}code{background:#eceff3;padding:0 3px;border-radius:3px}
+h3{font-size:17px;margin:26px 0 6px}nav ul{font-size:13px;margin:4px 0}code{background:#eceff3;padding:0 3px;border-radius:3px}
 .scroll{overflow-x:auto;background:#fff;border:1px solid #d5d9e0;border-radius:6px}
 table{border-collapse:collapse;width:100%;font-size:13px}caption{text-align:left;font-weight:600;padding:6px 8px}
 th,td{padding:4px 8px;border-bottom:1px solid #e6e9ee;white-space:nowrap;text-align:left}
