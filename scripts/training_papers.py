@@ -81,14 +81,17 @@ def main() -> None:
         found = [_match(newest, m, pipeline, "w4-pc-pow2") for m in models]
         print(f"| {label} | " + " | ".join(_top1(r) for r in found) + f" | {_cost(next((r for r in found if r), None))} |")
 
-    print("\n### LSQ w4a4 QAT of MobileNetV2-CIFAR (`minmax+lsq_qat`, `w4a4-pc`)\n")
-    v2 = "mobilenet_v2_cifar:mqbench-x0.5"
-    print("| pipeline | top-1 % | training |")
-    print("|---|---|---|")
-    for label, pipeline, scheme in (("float", "fp32", "fp32"), ("minmax (PTQ)", "minmax", "w4a4-pc"),
-                                    ("minmax+lsq_qat", "minmax+lsq_qat", "w4a4-pc")):
-        r = _match(newest, v2, pipeline, scheme)
-        print(f"| {label} | {_top1(r)} | {_cost(r)} |")
+    print("\n### LSQ w4a4 QAT of MobileNetV2-CIFAR (`minmax+lsq_qat`; `-fl8`: first and last layers at 8 bits)\n")
+    print("| weights | scheme | pipeline | top-1 % | float top-1 % | gap to float | training |")
+    print("|---|---|---|---|---|---|---|")
+    for v2 in sorted({m for (m, _, _, _) in newest if m.startswith("mobilenet_v2_cifar:")}):
+        fp = cell(v2, "fp32", "fp32")
+        for scheme in ("w4a4-pc", "w4a4-pc-fl8"):
+            for (m, p, s, _), r in sorted(newest.items(), key=lambda kv: kv[1]["created"]):
+                if m == v2 and s == scheme and (p == "minmax" or p.startswith("minmax+lsq_qat")):
+                    gap = (f"{float(_top1(r)) - float(_top1(fp)):+.2f}" if fp is not None and r["status"] == "ok"
+                           and fp["status"] == "ok" else "")
+                    print(f"| {v2.split(':')[1]} | {scheme} | `{p}` | {_top1(r)} | {_top1(fp)} | {gap} | {_cost(r)} |")
 
 
 def _match(newest: dict[tuple[str, str, str, str], dict[str, Any]], model: str, pipeline: str,
@@ -97,7 +100,7 @@ def _match(newest: dict[tuple[str, str, str, str], dict[str, Any]], model: str, 
     train_limit, channels_last)."""
     def base(p: str) -> str:
         import re
-        return re.sub(r",?(epochs|train_limit|channels_last)=[0-9a-z]+", "", p).replace("()", "").replace("(,", "(")
+        return re.sub(r",?(epochs|train_limit|channels_last|batch_size)=[0-9a-z]+", "", p).replace("()", "").replace("(,", "(")
 
     hits = [r for (m, p, s, _), r in newest.items() if m == model and s == scheme and base(p) == base(pipeline)]
     return hits[-1] if hits else None
