@@ -187,7 +187,8 @@ def _vs_best(row: dict[str, Any]) -> str:
     p = row["p_vs_best"]
     if p is None:
         return ""
-    return f"< best (p={p:.2g})" if p < ALPHA else f"≈ best (p={p:.2g})"
+    shown = f"p={p:.2g}" if p > 0 else "p<1e-300"  # below the smallest double: 0 would read as certainty
+    return f"< best ({shown})" if p < ALPHA else f"≈ best ({shown})"
 
 
 def _pct(v: float | None) -> str:
