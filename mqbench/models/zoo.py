@@ -83,6 +83,16 @@ def _family(separable: bool, width: int, depth: int, num_classes: int = 10) -> n
     return FamilyCNN(separable, width, depth, num_classes)
 
 
+# The DWSCNN / regular-CNN families (Yun & Wong's study), trained here on CIFAR-10 with `mqbench train`'s defaults.
+FAMILY_WEIGHTS: dict[str, tuple[FileWeights, ...]] = {
+    "dwscnn_s": (_published("mqbench", "dwscnn_s-cifar10-8436c27541ae.pt",
+                            "596ae7ea60b4d9a19dd9ef15200cca6b0bf66a9c0ce0faa3715ed616874d6839", None,
+                            "trained here: 15 epochs, CIFAR-10 test top-1 0.7386"),),
+    "cnn_s": (_published("mqbench", "cnn_s-cifar10-8e723145f5c6.pt",
+                         "f2d18c197da47a8ce2f3d08040dd16fdd68301a000e0263dfe70180151e8ee1f", None,
+                         "trained here: 15 epochs, CIFAR-10 test top-1 0.7886"),),
+}
+
 MODELS = (
     ModelSpec("mobilenet_v2", MobileNetV2, "MobileNetV2 1.0 (torchvision layout)", "mobilenet_v2", 224,
               MOBILENET_V2_WEIGHTS),
@@ -124,7 +134,7 @@ MODELS = (
                                "4bfd97631478d6b638d2764fd2baff3edb1d7d82252d54439343b6596b9b5367"),)),
     *(ModelSpec(f"{'dwscnn' if sep else 'cnn'}_{size}", functools.partial(_family, sep, width, depth),
                 f"{'depthwise-separable' if sep else 'regular'} CNN, width {width}, {depth} blocks (32x32)",
-                "dwscnn" if sep else "cnn", 32)
+                "dwscnn" if sep else "cnn", 32, FAMILY_WEIGHTS.get(f"{'dwscnn' if sep else 'cnn'}_{size}", ()))
       for size, (width, depth) in SIZES.items() for sep in (True, False)),
 )
 
