@@ -256,7 +256,7 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
                       + ", ".join(f"{k} {v:.1f}" for k, v in sorted(kinds.items(), key=lambda kv: -kv[1])))
     if records:
         out.print(layerwise_report.error_table(layerwise_report.error_rows(records)))
-        plots_dir = Path(args.plots) if args.plots else store.root / "plots"
+        plots_dir = Path(args.plots) if args.plots else store.root / "analysis"
         written = layerwise_report.render_plots(records, lambda r: details[r["record_id"]], plots_dir)
         for path in written:
             out.print(f"plot: {path}")
@@ -443,7 +443,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="analyse on the first N evaluation images (default 128)")
     p.add_argument("--suite", metavar="S", help="suite giving the dataset and data sizes (default: the first suite "
                    "that evaluates on the model's dataset)")
-    p.add_argument("--plots", metavar="DIR", help="where to write the PNG plots (default RESULTS/plots)")
+    p.add_argument("--plots", metavar="DIR", help="where to write the PNG plots (default RESULTS/analysis; "
+                   "RESULTS/plots belongs to leaderboard --publish)")
     p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")
     p.add_argument("--data-dir", metavar="DIR", help=f"real data folder (default ${DATA_ENV}, else ../shared/data)")
     p.add_argument("--force", action="store_true", help="rerun the cells even when their analysis is stored")

@@ -9,7 +9,7 @@ models solid and regular CNNs dashed. Everything comes from the records; nothing
 
     mqbench analyze --model mobilenet_v2:tf2ptq --model mobilenet_v1:qat-1.0-224 --method minmax --scheme w8a8-pt --scheme w8a8-pc
     mqbench analyze --model resnet20:cifar10 --model resnet56:cifar10 --method minmax --scheme w8a8-pt --scheme w8a8-pc
-    python scripts/error_accumulation_study.py --results results --out results/plots
+    python scripts/error_accumulation_study.py --results results --out results/analysis
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--results", default="results", help="results directory (default ./results)")
     parser.add_argument("--pipeline", default="minmax", help="pipeline to compare (default minmax)")
-    parser.add_argument("--out", default=None, help="folder for the PNG (default RESULTS/plots)")
+    parser.add_argument("--out", default=None, help="folder for the PNG (default RESULTS/analysis)")
     args = parser.parse_args()
     store = Store(args.results)
     records = store.load().records
@@ -74,7 +74,7 @@ def main() -> None:
         ax.legend(fontsize=8)
     axes[0][0].set_ylabel("accumulated SQNR vs float (dB)")
     fig.tight_layout()
-    out = Path(args.out) if args.out else store.root / "plots"
+    out = Path(args.out) if args.out else store.root / "analysis"
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"error-accumulation-study-{args.pipeline}.png"
     fig.savefig(path, metadata={"Software": None})

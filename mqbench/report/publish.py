@@ -220,6 +220,8 @@ def build_page(loaded: LoadResult, load_detail: Callable[[dict[str, Any]], Any] 
                 title += f", environment {envs.index(env) + 1} of {len(envs)}"
             anchor = _slug(suite, model, weights, *([dataset] if dataset != suite else []),
                            *(["env", envs.index(env) + 1] if len(envs) > 1 else []))
+            while anchor in {x.anchor for x in sections}:  # names that differ only in punctuation
+                anchor += "-x"
             records = [by_file[r["record"]] for r in group if r["record"] in by_file]
             section = Section(3, title, anchor, [_provenance(records, env)])
             section.tables.append(_accuracy_table(f"{anchor}-accuracy", group))
