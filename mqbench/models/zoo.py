@@ -91,6 +91,9 @@ FAMILY_WEIGHTS: dict[str, tuple[FileWeights, ...]] = {
     "cnn_s": (_published("mqbench", "cnn_s-cifar10-8e723145f5c6.pt",
                          "f2d18c197da47a8ce2f3d08040dd16fdd68301a000e0263dfe70180151e8ee1f", None,
                          "trained here: 15 epochs, CIFAR-10 test top-1 0.7886"),),
+    "dwscnn_m": (_published("mqbench", "dwscnn_m-cifar10-eda1489f9164.pt",
+                            "6ccccab50f0eb6d3ed56582bf9d1edd6705633693b236dd86584f421a7655a94", None,
+                            "trained here: 10 epochs, CIFAR-10 test top-1 0.8033"),),
 }
 
 MODELS = (
