@@ -94,6 +94,9 @@ FAMILY_WEIGHTS: dict[str, tuple[FileWeights, ...]] = {
     "dwscnn_m": (_published("mqbench", "dwscnn_m-cifar10-eda1489f9164.pt",
                             "6ccccab50f0eb6d3ed56582bf9d1edd6705633693b236dd86584f421a7655a94", None,
                             "trained here: 10 epochs, CIFAR-10 test top-1 0.8033"),),
+    "cnn_m": (_published("mqbench", "cnn_m-cifar10-d29bab380dc9.pt",
+                         "071b3d4a95cfc3b50c079b8f3003887f9870580eda799748470849d8c18ad32c", None,
+                         "trained here: 8 epochs, CIFAR-10 test top-1 0.8261"),),
 }
 
 MODELS = (

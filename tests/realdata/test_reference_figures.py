@@ -148,7 +148,8 @@ def test_the_integer_simulation_predicts_onnx_runtime_on_every_image(model: str,
 
 @pytest.mark.parametrize("model", ["mobilenet_v1_cifar:mqbench-x0.5", "mobilenet_v2_cifar:mqbench-x0.5",
                                    "mobilenet_v2_cifar:mqbench-8ep-x0.5", "mobilenet_v1_cifar:mqbench-tf-x0.5",
-                                   "qf_mobilenet_v1_cifar:mqbench-x0.5"])
+                                   "qf_mobilenet_v1_cifar:mqbench-x0.5", "dwscnn_s:mqbench", "cnn_s:mqbench",
+                                   "dwscnn_m:mqbench", "cnn_m:mqbench"])
 def test_published_cifar_weights_reproduce_the_top1_of_their_training(model: str, env: dict[str, str],
                                                                       tmp_path: Path) -> None:
     from mqbench.models.weights import sha256_file
