@@ -13,8 +13,8 @@ Grammar (case-insensitive)::
     -asym     weights asymmetric too
     -rr       reduce_range: activations use one bit less (fbgemm's overflow guard)
     -fl<B>    the first and last weighted layers keep B-bit weights and B-bit input activations (the common
-              practice of low-bit QAT papers, e.g. LSQ, Esser et al. 2020, Section 3: the image and the
-              logits' layer are kept at 8 bits): ``w4a4-pc-fl8``
+              practice of low-bit QAT papers such as LSQ, Esser et al. 2020, which keep the layer reading the
+              image and the layer producing the logits at 8 bits): ``w4a4-pc-fl8``
 
 Examples: ``w8a8`` (= ``w8a8-pt``), ``w8a8-pc``, ``w4a8-pt``, ``w4-pow2``, ``w8a8-pc-sym``, ``w4a4-pc-fl8``.
 """
