@@ -35,7 +35,7 @@ def _without_images(page: str) -> str:
 
 
 def _plots(root: Path) -> list[str]:
-    return sorted(p.relative_to(root).as_posix() for p in (root / publish.PLOTS_DIR).rglob("*"))
+    return sorted(p.relative_to(root).as_posix() for p in (root / publish.PLOTS_DIR).rglob("*") if p.is_file())
 
 
 def test_republishing_the_committed_records_reproduces_the_text_outputs(republished: Path) -> None:

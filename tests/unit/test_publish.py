@@ -39,7 +39,8 @@ def _store(root: Path, records: list[dict]) -> Store:
 
 
 def _digest(root: Path) -> dict[str, str]:
-    names = [*publish.OUTPUTS, *(p.relative_to(root).as_posix() for p in (root / publish.PLOTS_DIR).rglob("*"))]
+    names = [*publish.OUTPUTS, *(p.relative_to(root).as_posix() for p in (root / publish.PLOTS_DIR).rglob("*")
+                                 if p.is_file())]
     return {n: hashlib.sha256((root / n).read_bytes()).hexdigest() for n in sorted(names)}
 
 
