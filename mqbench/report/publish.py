@@ -125,6 +125,7 @@ def _accuracy_table(anchor: str, group: Sequence[dict[str, Any]]) -> Table:
         rows.append([Cell(r["pipeline"]), Cell(r["scheme"]), Cell(r["backend"]),
                      Cell(leaderboard._ci(r, "top1"), _num(r["top1"])), _pct_cell(r["top5"]),
                      Cell(leaderboard._sig(r), _num(r["delta_top1"])),
+                     # sorts by McNemar's p against the scheme's leader; the leader itself above every p (<= 1)
                      Cell(leaderboard._vs_best(r), _num(r["p_vs_best"]) if not r["best_in_scheme"] else 2.0),
                      Cell(str(r["n"] or ""), _num(r["n"])), _pct_cell(r["sim_top1"]), _pct_cell(r["agreement"]),
                      _pct_cell(r["agreement_int_sim"]), Cell(leaderboard._seconds(r["method_s"]), _num(r["method_s"])),
@@ -267,7 +268,7 @@ def render_markdown(sections: Sequence[Section]) -> str:
     for s in sections:
         lines += ["#" * s.level + " " + s.title, ""]
         if s.level == 1:
-            toc = [x for x in sections if x.level == 2 or (x.level == 3)]
+            toc = [x for x in sections if x.level in (2, 3)]
             lines += [*s.paragraphs, ""]
             for x in toc:
                 lines.append("  " * (x.level - 2) + f"- [{x.title}](#{x.anchor})")
