@@ -50,6 +50,8 @@ def _describe(kind: str, item: Any) -> dict[str, Any]:
         d.update(simulation_only=item.simulation_only, version=item.version, unavailable=item.unavailable())
     elif kind == "datasets":
         d.update(num_classes=item.num_classes, image_size=item.image_size)
+    elif kind == "suites" and item.parts:
+        d.update(parts=[_describe("suites", part) for part in item.parts])
     elif kind == "suites":
         d.update(dataset=item.dataset, models=list(item.models), pipelines=list(item.pipelines),
                  backends=list(item.backends), schemes=list(item.schemes), seeds=list(item.seeds))

@@ -69,8 +69,9 @@ def mqbench_register_backends(register: Registry[Backend]) -> None:
 @hookspec
 def mqbench_register_suites(register: Registry[Suite]) -> None:
     """Register suites: call ``register(Suite(...))`` with a named grid of models x pipelines x
-    backends x schemes x seeds on one dataset. Called once when plugins load; the return value is
-    ignored.
+    backends x schemes x seeds on one dataset, or a composite ``Suite(name, description, parts=(...))``
+    whose cells are the union of its parts' (grids on different datasets, as the ``papers`` suite).
+    Called once when plugins load; the return value is ignored.
     """
 
 

@@ -21,6 +21,7 @@ most the cells in flight.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import hashlib
 import itertools
 import json
@@ -239,6 +240,8 @@ def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines
     """
     if train_budget_s is not None and not train_budget_s > 0:
         raise UsageError(f"the training budget must be a positive number of seconds, got {train_budget_s}")
+    if suite.parts:
+        return _expand_composite(plugins, suite, models, pipelines, backends, schemes, eval_limit, train_budget_s)
     dataset = plugins.datasets.get(suite.dataset)
     dataset.check()
     model_entries = []
@@ -276,6 +279,30 @@ def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines
             budget = train_budget_s if needs_training(parsed[pipe]) else None
             cells.append(Cell(model, weights, dataset.name, pipe, backend, scheme.name, seed, suite.calib_size,
                               limit, suite.name, train_budget_s=budget))
+    return list(dict.fromkeys(cells))
+
+
+def _expand_composite(plugins: Plugins, suite: Suite, models: Sequence[str], pipelines: Sequence[str],
+                      backends: Sequence[str], schemes: Sequence[str], eval_limit: int | None,
+                      train_budget_s: float | None) -> list[Cell]:
+    """The union of the cells of ``suite``'s parts, under the composite's name. ``models`` keeps, in each part, the
+    given models whose weights are for that part's dataset (a part with none is left out); the other dimensions
+    replace every part's."""
+    cells: list[Cell] = []
+    for part in suite.parts:
+        mine: list[str] = []
+        for entry in models:
+            name, _, weights = entry.partition(":")
+            spec = plugins.models.get(name)
+            if spec.get_weights(weights or spec.default_weights).dataset == part.dataset:
+                mine.append(entry)
+        if models and not mine:
+            continue
+        cells += [dataclasses.replace(c, suite=suite.name) for c in
+                  expand(plugins, part, mine, pipelines, backends, schemes, eval_limit, train_budget_s)]
+    if not cells:
+        raise UsageError(f"suite {suite.name!r}: none of its parts evaluates on the datasets of "
+                         f"{', '.join(models)}; its parts: {', '.join(f'{p.name} ({p.dataset})' for p in suite.parts)}")
     return list(dict.fromkeys(cells))
 
 

@@ -59,6 +59,11 @@ class TrainConfig:
     # them without (slim's ``regularize_depthwise=False``); Sheng et al. 2018 (section 3) add it back as one of the
     # changes of their quantization-friendly separable convolution.
     depthwise_weight_decay: float | None = None
+    # Knowledge distillation (Hinton et al. 2015), used when ``train`` gets a ``teacher``: the loss is
+    # ``(1 - w) * CE(labels) + w * T**2 * KL(softmax(teacher / T) || softmax(student / T))`` with ``w`` =
+    # ``distill_weight`` and ``T`` = ``distill_temperature``; the teacher sees the same augmented batch.
+    distill_weight: float = 0.0
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs <= 0:
@@ -73,6 +78,10 @@ class TrainConfig:
             raise ValueError(f"depthwise_weight_decay must be zero or positive, got {self.depthwise_weight_decay}")
         if not 0.0 <= self.label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {self.label_smoothing}")
+        if not 0.0 <= self.distill_weight <= 1.0:
+            raise ValueError(f"distill_weight must be in [0, 1], got {self.distill_weight}")
+        if not self.distill_temperature > 0:
+            raise ValueError(f"distill_temperature must be positive, got {self.distill_temperature}")
 
 
 @dataclass
@@ -120,20 +129,42 @@ def evaluate_top1(model: nn.Module, split: Split, batch_size: int = 512) -> floa
     return correct / len(split)
 
 
+def distillation_loss(logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor, weight: float,
+                      temperature: float, label_smoothing: float = 0.0) -> torch.Tensor:
+    """``(1 - weight) * CE(logits, labels) + weight * T**2 * KL(softmax(teacher / T) || softmax(logits / T))``
+    (Hinton et al. 2015; the ``T**2`` keeps the soft term's gradient scale independent of ``T``)."""
+    t = temperature
+    soft = F.kl_div(F.log_softmax(logits / t, dim=1), F.log_softmax(teacher_logits.detach() / t, dim=1),
+                    reduction="batchmean", log_target=True) * (t * t)
+    if weight >= 1.0:
+        return soft
+    hard = F.cross_entropy(logits, labels, label_smoothing=label_smoothing)
+    return (1.0 - weight) * hard + weight * soft
+
+
 def train(model: nn.Module, train_split: Split, test_split: Split | None, config: TrainConfig,
           reporter: Reporter = SILENT, label: str = "training", checkpoint: Path | None = None,
-          time_budget_s: float | None = None, param_groups: list[dict[str, Any]] | None = None) -> TrainResult:
+          time_budget_s: float | None = None, param_groups: list[dict[str, Any]] | None = None,
+          teacher: nn.Module | None = None) -> TrainResult:
     """Train ``model`` in place; returns the test top-1 after the last epoch (None without a test split).
 
     ``checkpoint``: the file the training state is written to after each epoch and resumed from when it exists
     (it is left in place; the caller removes it once the result is stored). ``param_groups``: the optimizer's
     parameter groups, each with optional ``lr`` (its peak learning rate) and ``weight_decay`` (default: every
-    parameter in one group, :func:`parameter_groups`)."""
+    parameter in one group, :func:`parameter_groups`). ``teacher``: a model distilled into ``model`` (in eval
+    mode, not trained) when ``config.distill_weight`` is above 0."""
+    if (teacher is not None) != (config.distill_weight > 0):
+        raise ValueError("distillation needs both a teacher and a distill_weight above 0"
+                         f" (teacher given: {teacher is not None}, distill_weight {config.distill_weight})")
     if time_budget_s is not None and not time_budget_s > 0:
         raise ValueError(f"time_budget_s must be positive, got {time_budget_s}")
     g = torch.Generator().manual_seed(config.seed)
     if config.channels_last:
         model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # documented; the stubs lack it
+        if teacher is not None:
+            teacher.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    if teacher is not None:
+        teacher.eval()
     groups = param_groups if param_groups is not None else parameter_groups(model, config)
     opt = torch.optim.SGD(groups, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay,
                           nesterov=True)
@@ -180,7 +211,13 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
                 flip = torch.rand(len(idx), generator=g) < 0.5
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x)
             logits = model(x)
-            loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
+            if teacher is not None:
+                with torch.no_grad():
+                    teacher_logits = teacher(x)
+                loss = distillation_loss(logits, teacher_logits, y, config.distill_weight, config.distill_temperature,
+                                         config.label_smoothing)
+            else:
+                loss = F.cross_entropy(logits, y, label_smoothing=config.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -216,6 +253,8 @@ def train(model: nn.Module, train_split: Split, test_split: Split | None, config
     model.eval()
     if config.channels_last:
         model.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
+        if teacher is not None:
+            teacher.to(memory_format=torch.contiguous_format)  # type: ignore[call-overload]
     return TrainResult(test_top1, earlier_seconds + time.perf_counter() - start, history,
                        len(history), first_epoch, stopped)
 
@@ -240,9 +279,11 @@ def load_checkpoint(path: Path, config: TrainConfig) -> dict[str, Any]:
                            "the training over")
     mine = dataclasses.asdict(config)
     theirs = state.get("config") or {}
-    differ = [k for k, v in mine.items() if theirs.get(k) != v]  # an option it predates counts as unset (None)
+    # An option the checkpoint predates counts as set to its default.
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    differ = [k for k, v in mine.items() if theirs.get(k, defaults[k]) != v]
     if differ:
-        diff = ", ".join(f"{k}={theirs.get(k)!r} there, {mine[k]!r} here" for k in differ)
+        diff = ", ".join(f"{k}={theirs.get(k, defaults[k])!r} there, {mine[k]!r} here" for k in differ)
         raise MqbenchError(f"the training checkpoint {path} was written for another training config ({diff}); "
                            "delete it to start over, or train into another folder")
     return state

@@ -8,7 +8,9 @@ calibrate step chose (``minmax`` or ``msqe``: "initialised by"), then trains the
 (BatchNorm already folded into them) together with the quantizers on the train split the runner
 supplies, with the straight-through estimator (STE) for rounding, SGD with Nesterov momentum and a
 one-cycle cosine schedule (:func:`mqbench.train.train`), flip and random-crop augmentation, for
-``epochs`` epochs or until the cell's training budget is spent. Afterwards the learned qparams are
+``epochs`` epochs or until the cell's training budget is spent. With ``distill`` above 0 the loss mixes in the float
+model's soft predictions on the same augmented batch (knowledge distillation, Hinton et al. 2015, with the full-precision
+network as teacher, as low-bit QAT papers commonly do). Afterwards the learned qparams are
 written into the quantizers, so the integer simulation and the real backends deploy exactly what was
 trained; the QuantSim's float weights are then the trained ones.
 
@@ -81,6 +83,10 @@ class QATConfig(MethodConfig):
     crop_padding: int = 4  # random-crop augmentation (4 suits 32x32 CIFAR images)
     train_limit: int = 0  # train on the first N train images only (0: all)
     channels_last: bool = False
+    # Distil the float model into the quantized one (Hinton et al. 2015; see mqbench.train.distillation_loss): the
+    # weight of the soft-target term (0: plain cross-entropy on the labels) and its temperature.
+    distill: float = 0.0
+    distill_temperature: float = 1.0
 
     def __post_init__(self) -> None:
         if self.epochs < 1 or self.batch_size < 1:
@@ -89,6 +95,8 @@ class QATConfig(MethodConfig):
             raise ValueError(f"lr must be positive, got {self.lr}")
         if self.train_limit < 0 or self.crop_padding < 0 or self.weight_decay < 0:
             raise ValueError("train_limit, crop_padding and weight_decay must be zero or positive")
+        if not 0.0 <= self.distill <= 1.0 or not self.distill_temperature > 0:
+            raise ValueError("distill must be in [0, 1] and distill_temperature positive")
 
 
 @dataclass(frozen=True)
@@ -313,10 +321,12 @@ class _QAT(Method):
                            "lr": config.threshold_lr if self.kind == "tqt" else config.lr})
         train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                    weight_decay=config.weight_decay, seed=ctx.seed, crop_padding=config.crop_padding,
-                                   channels_last=config.channels_last)
+                                   channels_last=config.channels_last, distill_weight=config.distill,
+                                   distill_temperature=config.distill_temperature)
         try:
             result = train(qsim, split, None, train_config, ctx.reporter, label=f"{self.name} QAT",
-                           time_budget_s=ctx.train_budget_s, param_groups=groups)
+                           time_budget_s=ctx.train_budget_s, param_groups=groups,
+                           teacher=float_model if config.distill > 0 else None)
         finally:
             for learner in learners:
                 learner.quantizer.learned = None

@@ -33,7 +33,7 @@ from typing import Any
 
 from mqbench import __version__
 from mqbench.fsutil import atomic_write
-from mqbench.report import layerwise, leaderboard
+from mqbench.report import layerwise, leaderboard, papers
 from mqbench.store import LoadResult, newest_per_config
 
 OUTPUTS = ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json", "index.html")
@@ -157,6 +157,37 @@ def _error_table(anchor: str, errors: Sequence[dict[str, Any]]) -> Table | None:
     return Table(anchor, "Error accumulation", [*layerwise.ERROR_HEADER, "record"], rows)
 
 
+def _papers_sections(records: Sequence[dict[str, Any]],
+                     load_detail: Callable[[dict[str, Any]], Any] | None) -> list[Section]:
+    """The papers section: per seed paper, its claim, a table of the paper's figures beside ours, the verdict."""
+    values, record = papers.measurements(records, load_detail)
+    out = [Section(2, "Papers", "papers", [
+        "Each seed paper's claim beside our measurement of the same setting on the data we have, with a verdict "
+        "computed from the numbers in the table by the rule stated under it (`mqbench/report/papers.py`). "
+        "Our figures come from the newest record of each cell (run them with `mqbench run --suite papers`; the "
+        "error-accumulation figures with `mqbench analyze`); a number without a record reads \"not run\"."])]
+    for paper in papers.PAPERS:
+        verdict, why = paper.verdict(values)
+        section = Section(3, paper.citation, _slug("paper", paper.key), [
+            f"[{paper.url}]({paper.url}). Claim: {paper.claim}",
+            f"**Verdict: {verdict}.** {why[:1].upper() + why[1:]}.",
+            f"Rule: {paper.rule}."])
+        rows = []
+        for row in paper.rows:
+            v, rec = values(row.ours), record(row.ours)
+            m = row.ours
+            ours_text = "not run" if v is None else f"{v:.2f}"
+            rows.append([Cell(row.setting), Cell(row.paper), Cell(row.source),
+                         Cell(f"{m.dataset}, {m.model}, {m.pipeline}, {m.scheme}, {m.backend}"),
+                         Cell("SQNR lost, dB" if m.quantity == "sqnr_lost_db" else "top-1 %"),
+                         Cell(ours_text, v), Cell("record", rec, f"records/{rec}") if rec else Cell("")])
+        section.tables.append(Table(_slug("paper", paper.key, "table"), "The paper's figures and ours",
+                                    ["setting", "paper", "source in the paper", "ours: data, model, pipeline, scheme, "
+                                     "backend", "quantity", "ours", "record"], rows))
+        out.append(section)
+    return out
+
+
 def plot_accuracy(group: Sequence[dict[str, Any]], title: str, path: Path) -> Path | None:
     """Top-1 (with its 95% interval) of every evaluated row of one model, fp32 dashed; None when there is none."""
     rows = [r for r in group if r["top1"] is not None and r["status"] == "ok"]
@@ -241,6 +272,7 @@ def build_page(loaded: LoadResult, load_detail: Callable[[dict[str, Any]], Any] 
                 for p in layerwise.render_plots(analysed, load_detail, plots / anchor):
                     section.images.append((p.stem.replace("-", " "), p.relative_to(results_dir).as_posix()))
             sections.append(section)
+    sections.extend(_papers_sections(loaded.records, load_detail))
     sections.extend(extra)
     legend = Section(2, "Legend", "legend", [leaderboard.LEGEND, leaderboard.LATENCY_LEGEND, layerwise.ERROR_LEGEND])
     sections.append(legend)

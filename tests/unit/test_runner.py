@@ -13,7 +13,7 @@ from mqbench.metrics.latency import LatencySettings
 from mqbench.plugins import BUILTIN_PLUGINS, Plugins
 from mqbench.report import leaderboard
 from mqbench.store import Store
-from mqbench.suites import QUICK
+from mqbench.suites import QUICK, Suite
 
 
 @pytest.fixture(scope="module")
@@ -33,6 +33,26 @@ def test_overrides_replace_a_dimension_and_canonicalise(plugins: Plugins) -> Non
     cells = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax"], schemes=["w8a8", "w8a8-pt", "w4a8"])
     assert [(c.model, c.scheme) for c in cells] == [("quick_cnn", "w8a8-pt"), ("quick_cnn", "w4a8-pt")]
     assert runner.expand(plugins, QUICK, models=["quick_cnn"], eval_limit=50)[0].eval_limit == 50
+
+
+def test_a_composite_suite_is_the_union_of_its_parts_under_its_own_name(plugins: Plugins) -> None:
+    part_a = Suite("a", "", "synthetic", ("quick_cnn",), ("fp32", "minmax"), ("simulated",), ("w8a8-pt",))
+    part_b = Suite("b", "", "synthetic", ("quick_mobilenet_v1", "quick_cnn"), ("minmax",), ("simulated",),
+                   ("w8a8-pc", "w8a8-pt"), calib_size=64)
+    both = Suite("both", "", parts=(part_a, part_b))
+    cells = runner.expand(plugins, both)
+    assert {c.suite for c in cells} == {"both"}
+    assert [(c.model, c.pipeline, c.scheme, c.calib_size) for c in cells] == [
+        ("quick_cnn", "fp32", "fp32", 256), ("quick_cnn", "minmax", "w8a8-pt", 256),
+        ("quick_mobilenet_v1", "minmax", "w8a8-pc", 64), ("quick_mobilenet_v1", "minmax", "w8a8-pt", 64),
+        ("quick_cnn", "minmax", "w8a8-pc", 64), ("quick_cnn", "minmax", "w8a8-pt", 64)]
+    # --model keeps the given models in the parts of their dataset; the other dimensions replace every part's.
+    only = runner.expand(plugins, both, models=["quick_mobilenet_v1"], pipelines=["minmax"], schemes=["w8a8-pt"])
+    assert [(c.model, c.calib_size) for c in only] == [("quick_mobilenet_v1", 256), ("quick_mobilenet_v1", 64)]
+    with pytest.raises(ValueError, match="composite suite"):
+        Suite("bad", "", "synthetic", parts=(part_a,))
+    with pytest.raises(ValueError, match="needs a dataset"):
+        Suite("bad", "")
 
 
 def test_config_hash_is_stable_and_sensitive() -> None:
