@@ -285,24 +285,28 @@ def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines
 def _expand_composite(plugins: Plugins, suite: Suite, models: Sequence[str], pipelines: Sequence[str],
                       backends: Sequence[str], schemes: Sequence[str], eval_limit: int | None,
                       train_budget_s: float | None) -> list[Cell]:
-    """The union of the cells of ``suite``'s parts, under the composite's name. ``models`` keeps, in each part, the
-    given models whose weights are for that part's dataset (a part with none is left out); the other dimensions
-    replace every part's."""
+    """The union of the cells of ``suite``'s parts, under the composite's name. ``models`` narrows each part to its
+    own models that match one of them (``name`` matches every weights of it, ``name:weights`` those); the other
+    dimensions replace every part's."""
+
+    def resolved(entry: str) -> tuple[str, str]:
+        name, _, weights = entry.partition(":")
+        return name, weights or plugins.models.get(name).default_weights
+
+    wanted = [(entry.partition(":")[0], entry.partition(":")[2]) for entry in models]
+    for name, _ in wanted:
+        plugins.models.get(name)  # an unknown name fails here, before any work
     cells: list[Cell] = []
     for part in suite.parts:
-        mine: list[str] = []
-        for entry in models:
-            name, _, weights = entry.partition(":")
-            spec = plugins.models.get(name)
-            if spec.get_weights(weights or spec.default_weights).dataset == part.dataset:
-                mine.append(entry)
-        if models and not mine:
+        mine = [m for m in part.models if not wanted or any(
+            resolved(m)[0] == name and (not weights or resolved(m)[1] == weights) for name, weights in wanted)]
+        if not mine:
             continue
         cells += [dataclasses.replace(c, suite=suite.name) for c in
                   expand(plugins, part, mine, pipelines, backends, schemes, eval_limit, train_budget_s)]
     if not cells:
-        raise UsageError(f"suite {suite.name!r}: none of its parts evaluates on the datasets of "
-                         f"{', '.join(models)}; its parts: {', '.join(f'{p.name} ({p.dataset})' for p in suite.parts)}")
+        every = sorted({m for part in suite.parts for m in part.models})
+        raise UsageError(f"suite {suite.name!r} has no cells of {', '.join(models)}; its models: {', '.join(every)}")
     return list(dict.fromkeys(cells))
 
 

@@ -46,9 +46,14 @@ def test_a_composite_suite_is_the_union_of_its_parts_under_its_own_name(plugins:
         ("quick_cnn", "fp32", "fp32", 256), ("quick_cnn", "minmax", "w8a8-pt", 256),
         ("quick_mobilenet_v1", "minmax", "w8a8-pc", 64), ("quick_mobilenet_v1", "minmax", "w8a8-pt", 64),
         ("quick_cnn", "minmax", "w8a8-pc", 64), ("quick_cnn", "minmax", "w8a8-pt", 64)]
-    # --model keeps the given models in the parts of their dataset; the other dimensions replace every part's.
+    # --model narrows each part to its own models that match; the other dimensions replace every part's.
     only = runner.expand(plugins, both, models=["quick_mobilenet_v1"], pipelines=["minmax"], schemes=["w8a8-pt"])
-    assert [(c.model, c.calib_size) for c in only] == [("quick_mobilenet_v1", 256), ("quick_mobilenet_v1", 64)]
+    assert [(c.model, c.calib_size) for c in only] == [("quick_mobilenet_v1", 64)]
+    assert len(runner.expand(plugins, both, models=["quick_cnn"])) == 4
+    with pytest.raises(UsageError, match="no cells of quick_mobilenet_v2; its models: quick_cnn, quick_mobilenet_v1"):
+        runner.expand(plugins, both, models=["quick_mobilenet_v2"])
+    with pytest.raises(UnknownNameError):
+        runner.expand(plugins, both, models=["no_such_model"])
     with pytest.raises(ValueError, match="composite suite"):
         Suite("bad", "", "synthetic", parts=(part_a,))
     with pytest.raises(ValueError, match="needs a dataset"):
