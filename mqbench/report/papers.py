@@ -270,11 +270,4 @@ def measurements(records: Sequence[dict[str, Any]],
     return value, record
 
 
-def verdicts(records: Sequence[dict[str, Any]],
-             load_detail: Callable[[dict[str, Any]], Any] | None) -> dict[str, tuple[str, str]]:
-    """Each paper's (verdict, why), keyed by the paper's key."""
-    values, _ = measurements(records, load_detail)
-    return {p.key: p.verdict(values) for p in PAPERS}
-
-
-__all__ = ["PAPERS", "Measure", "Paper", "Row", "measurements", "verdicts"]
+__all__ = ["PAPERS", "Measure", "Paper", "Row", "measurements"]
