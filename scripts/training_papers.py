@@ -81,14 +81,14 @@ def main() -> None:
         found = [_match(newest, m, pipeline, "w4-pc-pow2") for m in models]
         print(f"| {label} | " + " | ".join(_top1(r) for r in found) + f" | {_cost(next((r for r in found if r), None))} |")
 
-    print("\n### LSQ w4a4 QAT of MobileNetV2-CIFAR (`minmax+lsq_qat`; `-fl8`: first and last layers at 8 bits)\n")
+    print("\n### LSQ w4a4 QAT of MobileNetV2-CIFAR (`minmax+lsq_qat`, `mse+lsq_qat`; `-fl8`: first and last layers at 8 bits)\n")
     print("| weights | scheme | pipeline | top-1 % | float top-1 % | gap to float | training |")
     print("|---|---|---|---|---|---|---|")
     for v2 in sorted({m for (m, _, _, _) in newest if m.startswith("mobilenet_v2_cifar:")}):
         fp = cell(v2, "fp32", "fp32")
         for scheme in ("w4a4-pc", "w4a4-pc-fl8"):
             for (m, p, s, _), r in sorted(newest.items(), key=lambda kv: kv[1]["created"]):
-                if m == v2 and s == scheme and (p == "minmax" or p.startswith("minmax+lsq_qat")):
+                if m == v2 and s == scheme and (p in ("minmax", "mse") or "lsq_qat" in p):
                     gap = (f"{float(_top1(r)) - float(_top1(fp)):+.2f}" if fp is not None and r["status"] == "ok"
                            and fp["status"] == "ok" else "")
                     print(f"| {v2.split(':')[1]} | {scheme} | `{p}` | {_top1(r)} | {_top1(fp)} | {gap} | {_cost(r)} |")

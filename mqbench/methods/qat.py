@@ -19,6 +19,9 @@ trained; the QuantSim's float weights are then the trained ones.
   them, the activations; ``Q(x) = (round(clamp(x / s + z, qmin, qmax)) - z) * s`` whose autograd gradient
   in ``s`` is LSQ's (``round(x/s) - x/s`` inside the range, ``qmin``/``qmax`` outside), scaled by LSQ's
   ``g = 1 / sqrt(N * qmax)`` (``N``: the elements one step size quantizes, per image for activations).
+  A step size is floored at 2**-10 of its calibrated value with the gradient passed through (:func:`floored_ste`),
+  so one overshooting SGD step cannot silence a channel for good. Initialised by ``mse`` rather than ``minmax``,
+  4-bit activations start far closer (MobileNetV2-CIFAR w4a4-pc-fl8: 74.8 against 59.8 before training).
   Real-valued scales: a ``-pow2`` scheme is refused.
 * ``tqt_qat`` (Jain et al. 2020, "Trained Quantization Thresholds", Section 3): the log2 threshold ``l``
   of each weight quantizer is learned; the scale is the power of two ``2 ** (e - (b - 1))`` with
@@ -109,6 +112,14 @@ def grad_scaled(x: torch.Tensor, g: float) -> torch.Tensor:
     return x * g + (x - x * g).detach()
 
 
+def floored_ste(x: torch.Tensor, floor: torch.Tensor) -> torch.Tensor:
+    """``max(x, floor)`` forward, the identity backward. An LSQ step size that one SGD step overshoots below zero
+    would, behind an ordinary clamp, get no gradient again and silence its channel for the rest of training (seen on
+    the 8-bit first layer of MobileNetV2-CIFAR at lr 0.01: 5 of 16 steps stuck 17 octaves down); with the gradient
+    passed through, the saturating weights pull it back up."""
+    return x + (torch.maximum(x, floor) - x).detach()
+
+
 def fake_quantize_ste(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor, qmin: int, qmax: int,
                       axis: int | None) -> torch.Tensor:
     """``(round(clamp(x / s + z, qmin, qmax)) - z) * s`` with the STE for rounding; ``scale``/``zero_point`` 0-d
@@ -160,6 +171,8 @@ class LearnedQuantizer(nn.Module):
     """Fake-quantizes in place of a :class:`Quantizer`'s fixed qparams during training (``Quantizer.learned``)."""
 
     MOMENTS_DECAY = 0.999  # the authors' second_moments_ema_decay
+    # LSQ's step sizes never go below 2**-10 of their calibrated value (see floored_ste).
+    STEP_FLOOR = 2.0 ** -10
     zero_point: torch.Tensor
     current_scale: torch.Tensor
 
@@ -212,7 +225,7 @@ class LearnedQuantizer(nn.Module):
     def scale(self, x: torch.Tensor) -> torch.Tensor:
         q = self.quantizer
         if self.kind == "lsq":
-            return grad_scaled(self.step.clamp(min=1e-8), self.grad_scale)
+            return grad_scaled(floored_ste(self.step, self.initial_scale * self.STEP_FLOOR), self.grad_scale)
         if self.kind == "tqt":
             level = self.log2_threshold
             if self.remedies:
@@ -253,7 +266,7 @@ class LearnedQuantizer(nn.Module):
         """The scale to deploy: the learned step (lsq), or the power of two (tqt, msqe) for ``weight``, the trained
         weights (without it: the one the last training step used)."""
         if self.kind == "lsq":
-            return self.step.detach().clamp(min=1e-8).clone()
+            return torch.maximum(self.step.detach(), self.initial_scale * self.STEP_FLOOR).clone()
         if weight is None:
             return self.current_scale.clone()
         with torch.no_grad():
