@@ -21,7 +21,8 @@ trained; the QuantSim's float weights are then the trained ones.
   ``g = 1 / sqrt(N * qmax)`` (``N``: the elements one step size quantizes, per image for activations).
   A step size is floored at 2**-10 of its calibrated value with the gradient passed through (:func:`floored_ste`),
   so one overshooting SGD step cannot silence a channel for good. Initialised by ``mse`` rather than ``minmax``,
-  4-bit activations start far closer (MobileNetV2-CIFAR w4a4-pc-fl8: 74.8 against 59.8 before training).
+  4-bit activations start far closer (MobileNetV2-CIFAR x0.5 w4a4-pc-fl8 before training: 75.69 against 60.35 top-1;
+  ``mse+lsq_qat(batch_size=64,channels_last=true,distill=1,epochs=2)`` ends at 79.51, float 81.16).
   Real-valued scales: a ``-pow2`` scheme is refused.
 * ``tqt_qat`` (Jain et al. 2020, "Trained Quantization Thresholds", Section 3): the log2 threshold ``l``
   of each weight quantizer is learned; the scale is the power of two ``2 ** (e - (b - 1))`` with
