@@ -72,7 +72,7 @@ CIFAR10 = Suite(
 
 # The seed papers' settings (mqbench.report.papers reads these cells' records). The CIFAR-10 part's training cells
 # (qf_sepconv, the QAT methods) reuse records when they exist: run with --train-budget to bound new ones.
-_BAE_QAT = "msqe+{}_qat(channels_last=true{})"  # one epoch of QAT per cell
+BAE_QAT = "msqe+{}_qat(channels_last=true{})"  # Bae et al.'s QAT cells: one epoch each (mqbench.report.papers reads them)
 PAPERS = Suite(
     name="papers",
     description="the seed papers' settings on the data we have (Sheng, Finkelstein, Yun & Wong, Bae); "
@@ -96,7 +96,7 @@ PAPERS = Suite(
               pipelines=("fp32", "minmax"), backends=("simulated",), schemes=("w8a8-pt",), calib_size=512),
         Suite(name="papers-cifar10-bae", description="Bae et al.: MSQE-based against gradient-based 4-bit weights",
               dataset="cifar10", models=("mobilenet_v1_cifar:mqbench-x0.5", "mobilenet_v2_cifar:mqbench-x0.5"),
-              pipelines=("msqe", *(_BAE_QAT.format(kind, remedies) for kind in ("msqe", "tqt")
+              pipelines=("msqe", *(BAE_QAT.format(kind, remedies) for kind in ("msqe", "tqt")
                                    for remedies in ("", ",remedies=true"))),
               backends=("simulated",), schemes=("w4-pc-pow2",), calib_size=512),
     ),

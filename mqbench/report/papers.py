@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mqbench.report import layerwise, leaderboard
+from mqbench.suites import BAE_QAT
 
 Quantity = Literal["top1", "sqnr_lost_db"]
 
@@ -168,17 +169,16 @@ def _yun(values: Values) -> tuple[str, str]:
 # ---------------------------------------------------------------- Bae et al. 2022
 
 _BAE_MODELS = (("MobileNetV1", "mobilenet_v1_cifar:mqbench-x0.5", 4.0), ("MobileNetV2", "mobilenet_v2_cifar:mqbench-x0.5", 3.3))
-_BAE_QAT = "(channels_last=true{})"  # one epoch of QAT per cell, as the papers suite runs it
 _BAE = tuple(
     row for label, model, gain in _BAE_MODELS for row in (
         Row(f"{label}, gradient-based (TQT) QAT", "", "", Measure(
-            "cifar10", model, "msqe+tqt_qat" + _BAE_QAT.format(""), "w4-pc-pow2")),
+            "cifar10", model, BAE_QAT.format("tqt", ""), "w4-pc-pow2")),
         Row(f"{label}, gradient-based QAT with the remedies", f"+{gain} over the row above (ImageNet)", "abstract",
-            Measure("cifar10", model, "msqe+tqt_qat" + _BAE_QAT.format(",remedies=true"), "w4-pc-pow2")),
+            Measure("cifar10", model, BAE_QAT.format("tqt", ",remedies=true"), "w4-pc-pow2")),
         Row(f"{label}, MSQE-based QAT", "", "", Measure(
-            "cifar10", model, "msqe+msqe_qat" + _BAE_QAT.format(""), "w4-pc-pow2")),
+            "cifar10", model, BAE_QAT.format("msqe", ""), "w4-pc-pow2")),
         Row(f"{label}, MSQE-based QAT with the remedies", "fixes its instability", "abstract", Measure(
-            "cifar10", model, "msqe+msqe_qat" + _BAE_QAT.format(",remedies=true"), "w4-pc-pow2")),
+            "cifar10", model, BAE_QAT.format("msqe", ",remedies=true"), "w4-pc-pow2")),
     ))
 
 
