@@ -9,11 +9,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import math
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from rich.console import Console
 from rich.markup import escape
@@ -22,7 +23,7 @@ from rich.table import Table
 from mqbench import __version__
 from mqbench.data.paths import DATA_ENV
 from mqbench.errors import UsageError
-from mqbench.metrics.latency import LatencySettings
+from mqbench.metrics.latency import MAX_TIME_S, LatencySettings
 from mqbench.plugins import DISABLE_ENV, Plugins, get_plugins
 from mqbench.progress import Reporter, make_progress
 from mqbench.report import layerwise as layerwise_report
@@ -37,6 +38,54 @@ RESULTS_ENV = "MQBENCH_RESULTS"
 # Piped output gets wide lines instead of rich's 80-column default, so tables stay readable in logs.
 out = Console(soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, soft_wrap=True, width=None if sys.stderr.isatty() else 160)
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with mqbench's one-line errors: ``mqbench run: error: ...`` and exit 2, no usage block."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
+def int_in(lo: int, hi: int | None = None) -> Callable[[str], int]:
+    """An argparse type: a whole number from ``lo`` to ``hi`` (no upper bound when None)."""
+    allowed = f"a whole number from {lo} to {hi}" if hi is not None else f"a whole number >= {lo}"
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        if value < lo or (hi is not None and value > hi):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {value}")
+        return value
+
+    return parse
+
+
+def _plain(x: float) -> str:
+    return f"{x:.0f}" if x == int(x) else f"{x:g}"
+
+
+def float_in(lo: float, hi: float, *, lo_open: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite number in ``[lo, hi]`` (``(lo, hi]`` with ``lo_open``); NaN and inf refused."""
+    allowed = f"a finite number {'>' if lo_open else '>='} {_plain(lo)} and <= {_plain(hi)}"
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text!r}") from None
+        if not math.isfinite(value) or value < lo or value > hi or (lo_open and value == lo):
+            raise argparse.ArgumentTypeError(f"must be {allowed}, got {text}")
+        return value
+
+    return parse
+
+
+IMAGES = int_in(1)              # a number of images
+BATCH = int_in(1, 65536)        # a batch size
+SECONDS = float_in(0.0, 30 * 24 * 3600.0, lo_open=True)  # a time budget: positive, at most 30 days
 
 
 def _describe(kind: str, item: Any) -> dict[str, Any]:
@@ -109,14 +158,13 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def _results_dir(args: argparse.Namespace) -> str:
-    return str(args.results or os.environ.get(RESULTS_ENV) or DEFAULT_RESULTS)
-
-
-def _check_limit_and_data_dir(args: argparse.Namespace) -> None:
-    """The --limit and --data-dir options of run and analyze: checked, and the data folder made current."""
-    if args.limit is not None and args.limit <= 0:
-        raise UsageError(f"--limit must be a positive number of images, got {args.limit}")
-    _use_data_dir(args)
+    """--results, else $MQBENCH_RESULTS, else ./results; an empty one is a UsageError (it would mean the current
+    directory, silently)."""
+    where = args.results if args.results is not None else os.environ.get(RESULTS_ENV, DEFAULT_RESULTS)
+    if not where.strip():
+        origin = "--results" if args.results is not None else f"${RESULTS_ENV}"
+        raise UsageError(f"{origin} is empty; give the results directory (e.g. --results results)")
+    return str(where)
 
 
 def _use_data_dir(args: argparse.Namespace) -> None:
@@ -133,13 +181,11 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
     if not (args.all or args.suite or args.model or args.method or args.backend or args.scheme):
         raise UsageError("nothing to run: give --all (the default suite), --suite S, or --model/--method/"
                          "--backend/--scheme to vary the default suite (see `mqbench run --help`)")
-    _check_limit_and_data_dir(args)
+    _use_data_dir(args)
     suite = plugins.suites.get(args.suite or DEFAULT_SUITE)
     cells = runner.expand(plugins, suite, args.model or (), args.method or (), args.backend or (),
                           args.scheme or (), eval_limit=args.limit, train_budget_s=args.train_budget)
     if args.layerwise is not None:
-        if args.layerwise <= 0:
-            raise UsageError(f"--layerwise needs a positive number of images, got {args.layerwise}")
         cells = [dataclasses.replace(c, layerwise_images=args.layerwise) for c in cells]
     return _run_cells(args, plugins, suite.name, cells, print_table=not args.quiet)
 
@@ -228,9 +274,7 @@ def _suite_for(plugins: Plugins, model: str) -> str:
 def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
     from mqbench import runner
 
-    if args.images <= 0:
-        raise UsageError(f"--images needs a positive number of images, got {args.images}")
-    _check_limit_and_data_dir(args)
+    _use_data_dir(args)
     suite = plugins.suites.get(args.suite or _suite_for(plugins, args.model[0]))
     cells = runner.expand(plugins, suite, args.model, args.method or (), args.backend or ("simulated",),
                           args.scheme or (), eval_limit=args.limit)
@@ -282,11 +326,6 @@ def cmd_train(args: argparse.Namespace, plugins: Plugins) -> int:
     from mqbench.errors import MqbenchError
     from mqbench.train import TrainConfig, train_to_file
 
-    for option, value in (("--train-limit", args.train_limit), ("--test-limit", args.test_limit)):
-        if value is not None and value <= 0:
-            raise UsageError(f"{option} must be a positive number of images, got {value}")
-    if args.time_budget is not None and not args.time_budget > 0:
-        raise UsageError(f"--time-budget must be a positive number of seconds, got {args.time_budget}")
     _use_data_dir(args)
     spec = plugins.models.get(args.model)
     dataset = plugins.datasets.get(args.dataset)
@@ -328,13 +367,25 @@ def cmd_train(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
-def cmd_leaderboard(args: argparse.Namespace, plugins: Plugins) -> int:
+def _existing_results(args: argparse.Namespace) -> Store:
+    """The store of an existing results directory (leaderboard, store check), or a UsageError saying what is wrong."""
     store = Store(_results_dir(args))
+    if not store.root.is_dir():
+        raise UsageError(f"results directory {store.root} does not exist; give --results DIR (the folder holding "
+                         "records/) or run `mqbench run` first")
+    if not store.records_dir.is_dir():
+        raise UsageError(f"{store.root} holds no records/ folder, so it is not an mqbench results directory; give "
+                         "--results DIR (the folder holding records/)")
+    return store
+
+
+def cmd_leaderboard(args: argparse.Namespace, plugins: Plugins) -> int:
+    store = _existing_results(args)
     loaded = store.load()
     for path, problem in loaded.problems:
-        err.print(f"warning: skipped {path}: {problem}")
+        err.print(f"warning: skipped {path}: {problem}", markup=False, highlight=False)
     if args.publish:
-        written = publish.publish(loaded, Path(_results_dir(args)), lambda r: store.attachment(r, "layerwise"))
+        written = publish.publish(loaded, store.root, lambda r: store.attachment(r, "layerwise"))
         for path in written:
             out.print(f"wrote {path}", markup=False, highlight=False)
         return 0
@@ -355,7 +406,7 @@ def cmd_leaderboard(args: argparse.Namespace, plugins: Plugins) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mqbench", description="Benchmark quantization methods for mobile CNNs on simulated and real int8 "
         "backends, with provenance-carrying records and leaderboards derived from them.")
     parser.add_argument("--version", action="version", version=f"mqbench {__version__}")
@@ -393,9 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", metavar="DIR", help=f"real data folder holding imagenet/ and cifar10/ (default "
                    f"${DATA_ENV}, else ../shared/data)")
     p.add_argument("--force", action="store_true", help="rerun cells that are already stored (adds new records)")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate on the first N test images only")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="evaluation batch size (default 256)")
-    p.add_argument("--train-budget", type=float, metavar="S",
+    p.add_argument("--limit", type=IMAGES, metavar="N", help="evaluate on the first N test images only (a limit "
+                   "above the split's size is the whole split, the same cell)")
+    p.add_argument("--batch-size", type=BATCH, default=256, metavar="N",
+                   help="evaluation batch size, 1 to 65536 (default 256)")
+    p.add_argument("--train-budget", type=SECONDS, metavar="S",
                    help="wall-clock budget in seconds of each training step of a pipeline (qf_sepconv's fine-tuning): "
                         "it stops at the end of the epoch after which another would not fit, and the record says so; "
                         "part of the cell's config (default: none, the step's epochs run in full)")
@@ -403,24 +456,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-latency", action="store_true",
                    help="skip the latency measurement of real-kernel backends (by default each such cell times "
                         "the deployed and the float model at batch 1 and 32, with 1 thread and every core)")
-    p.add_argument("--latency-runs", type=int, default=20, metavar="N",
-                   help="latency: at least N timed calls per setting, after 3 warm-up calls (default 20)")
-    p.add_argument("--latency-time", type=float, default=2.0, metavar="S",
-                   help="latency: and at least S seconds of timed calls per setting (default 2)")
+    p.add_argument("--latency-runs", type=int_in(3, 100_000), default=20, metavar="N",
+                   help="latency: at least N timed calls per setting, after 3 warm-up calls, 3 to 100000 (default 20)")
+    p.add_argument("--latency-time", type=float_in(0.0, MAX_TIME_S), default=2.0, metavar="S",
+                   help=f"latency: and at least S seconds of timed calls per setting, 0 to {MAX_TIME_S:g} (default 2)")
     p.add_argument("--executor", choices=("in-process", "ray"), default="in-process",
                    help="where cells run: in this process, one after another (default), or as Ray tasks on a local "
                         "Ray instance or, with --address, an existing cluster (needs: pip install 'mqbench[ray]'); "
                         "records are written here either way")
     p.add_argument("--address", metavar="ADDR", help="--executor ray: the cluster to join (e.g. ray://head:10001, "
                    "head:6379 or auto); without it a local Ray instance runs the sweep")
-    p.add_argument("--cpus-per-cell", type=float, default=1.0, metavar="N",
+    p.add_argument("--cpus-per-cell", type=float_in(0.0, 1024.0, lo_open=True), default=1.0, metavar="N",
                    help="--executor ray: CPUs (Ray resource, and torch threads) each cell takes (default 1)")
-    p.add_argument("--gpus-per-cell", type=float, default=0.0, metavar="N",
+    p.add_argument("--gpus-per-cell", type=float_in(0.0, 64.0), default=0.0, metavar="N",
                    help="--executor ray: GPUs (Ray resource) each cell reserves (default 0)")
-    p.add_argument("--max-retries", type=int, default=2, metavar="N",
+    p.add_argument("--max-retries", type=int_in(0, 100), default=2, metavar="N",
                    help="--executor ray: reruns of a cell whose worker died or whose task raised, before it is "
                         "stored as failed (default 2)")
-    p.add_argument("--layerwise", type=int, nargs="?", const=128, metavar="N",
+    p.add_argument("--layerwise", type=IMAGES, nargs="?", const=128, metavar="N",
                    help="also analyse each quantized cell layer by layer on its first N evaluation images (default "
                    "N 128): local and accumulated SQNR, ranges; stored with the record (see `mqbench analyze`)")
     p.set_defaults(func=cmd_run)
@@ -441,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", action="append", metavar="S", help="scheme (repeatable; default: the suite's)")
     p.add_argument("--backend", action="append", metavar="B",
                    help="backend whose quantizer placement is analysed (repeatable; default simulated: no deployment)")
-    p.add_argument("--images", type=int, default=128, metavar="N",
+    p.add_argument("--images", type=IMAGES, default=128, metavar="N",
                    help="analyse on the first N evaluation images (default 128)")
     p.add_argument("--suite", metavar="S", help="suite giving the dataset and data sizes (default: the first suite "
                    "that evaluates on the model's dataset)")
@@ -450,8 +503,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")
     p.add_argument("--data-dir", metavar="DIR", help=f"real data folder (default ${DATA_ENV}, else ../shared/data)")
     p.add_argument("--force", action="store_true", help="rerun the cells even when their analysis is stored")
-    p.add_argument("--limit", type=int, metavar="N", help="evaluate accuracy on the first N test images only")
-    p.add_argument("--batch-size", type=int, default=256, metavar="N", help="evaluation batch size (default 256)")
+    p.add_argument("--limit", type=IMAGES, metavar="N", help="evaluate accuracy on the first N test images only")
+    p.add_argument("--batch-size", type=BATCH, default=256, metavar="N",
+                   help="evaluation batch size, 1 to 65536 (default 256)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no per-layer tables")
     p.set_defaults(func=cmd_analyze)
 
@@ -467,26 +521,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="M", help="model to train (see `mqbench list models`)")
     p.add_argument("--dataset", required=True, metavar="D", help="dataset whose train split it trains on and whose "
                    "test split it evaluates on after each epoch")
-    p.add_argument("--epochs", type=int, required=True, metavar="N", help="epochs of the schedule")
-    p.add_argument("--batch-size", type=int, default=128, metavar="N", help="batch size (default 128)")
-    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule (default 0.1)")
-    p.add_argument("--momentum", type=float, default=0.9, help="SGD Nesterov momentum (default 0.9)")
-    p.add_argument("--weight-decay", type=float, default=5e-4, help="weight decay (default 5e-4)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the initial weights, data order and augmentation")
-    p.add_argument("--crop-padding", type=int, default=4, metavar="N",
+    p.add_argument("--epochs", type=int_in(1, 10_000), required=True, metavar="N", help="epochs of the schedule")
+    p.add_argument("--batch-size", type=BATCH, default=128, metavar="N", help="batch size (default 128)")
+    p.add_argument("--lr", type=float_in(0.0, 100.0, lo_open=True), default=0.1,
+                   help="peak learning rate of the one-cycle schedule (default 0.1)")
+    p.add_argument("--momentum", type=float_in(0.0, 0.999), default=0.9, help="SGD Nesterov momentum (default 0.9)")
+    p.add_argument("--weight-decay", type=float_in(0.0, 1.0), default=5e-4, help="weight decay (default 5e-4)")
+    p.add_argument("--seed", type=int_in(0, 2**63 - 1), default=0,
+                   help="seed of the initial weights, data order and augmentation")
+    p.add_argument("--crop-padding", type=int_in(0, 1024), default=4, metavar="N",
                    help="random crop after zero-padding each side by N pixels (default 4; 0 turns it off)")
     p.add_argument("--no-flip", action="store_true", help="no random horizontal flips")
-    p.add_argument("--label-smoothing", type=float, default=0.0, metavar="E", help="label smoothing (default 0)")
-    p.add_argument("--depthwise-weight-decay", type=float, metavar="D",
+    p.add_argument("--label-smoothing", type=float_in(0.0, 0.999), default=0.0, metavar="E",
+                   help="label smoothing (default 0)")
+    p.add_argument("--depthwise-weight-decay", type=float_in(0.0, 1.0), metavar="D",
                    help="weight decay of depthwise convolution weights (default: --weight-decay; 0 trains them as "
                         "TensorFlow's MobileNetV1 did, without)")
     p.add_argument("--contiguous", action="store_true", help="train in the contiguous (NCHW) memory format; by "
                    "default channels-last, 1.4-1.7x faster for MobileNets on x86 CPUs")
     p.add_argument("--build", action="append", metavar="KEY=VALUE",
                    help="argument of the model's constructor, e.g. width_mult=0.5 (repeatable)")
-    p.add_argument("--train-limit", type=int, metavar="N", help="train on the first N train images only")
-    p.add_argument("--test-limit", type=int, metavar="N", help="evaluate on the first N test images only")
-    p.add_argument("--time-budget", type=float, metavar="S",
+    p.add_argument("--train-limit", type=IMAGES, metavar="N", help="train on the first N train images only")
+    p.add_argument("--test-limit", type=IMAGES, metavar="N", help="evaluate on the first N test images only")
+    p.add_argument("--time-budget", type=SECONDS, metavar="S",
                    help="stop at the end of the epoch after which another would pass S seconds of training in all "
                         "(resumed runs included); the schedule is not shortened, the sidecar says it stopped early")
     p.add_argument("--out", metavar="DIR", help="where to write the weights (default RESULTS/models)")
@@ -512,14 +569,17 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
         plugins = get_plugins()
         return int(args.func(args, plugins))
     except UsageError as exc:
         err.print(f"mqbench: error: {exc}", markup=False, highlight=False)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C before the cells started (loading plugins, checking data): nothing stored
+        err.print("interrupted before any cell ran: nothing was stored", markup=False, highlight=False)
+        return 130
 
 
 def entry() -> None:

@@ -7,14 +7,20 @@ class MqbenchError(Exception):
     """Base of mqbench's own errors."""
 
 
+class NonFiniteOutputError(MqbenchError):
+    """A model produced NaN or inf where a number was needed (its cell fails; no figure is reported)."""
+
+
 class UsageError(MqbenchError):
     """Bad input from the user: a name, an option, a scheme string. The CLI exits 2."""
 
 
 class UnknownNameError(UsageError):
-    """A name that no plugin registered."""
+    """A name that no plugin registered; ``listing`` is the command that lists the known names (default
+    ``mqbench list <kind>s``)."""
 
-    def __init__(self, kind: str, name: str, suggestions: list[str], known: list[str]) -> None:
+    def __init__(self, kind: str, name: str, suggestions: list[str], known: list[str],
+                 listing: str | None = None) -> None:
         self.kind, self.name, self.suggestions, self.known = kind, name, suggestions, known
         if suggestions:
             hint = "did you mean " + " or ".join(repr(s) for s in suggestions) + "?"
@@ -22,7 +28,7 @@ class UnknownNameError(UsageError):
             hint = "known: " + ", ".join(known[:12]) + (", ..." if len(known) > 12 else "")
         else:
             hint = f"no {kind}s are registered (are plugins disabled?)"
-        super().__init__(f"unknown {kind} {name!r}; {hint} (see `mqbench list {kind}s`)")
+        super().__init__(f"unknown {kind} {name!r}; {hint} (see {listing or f'`mqbench list {kind}s`'})")
 
 
 class RegistrationError(MqbenchError):

@@ -21,15 +21,25 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+def umask() -> int:
+    """The process's file-creation mask (read by setting it and restoring it at once)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: Path, data: bytes, *, overwrite: bool) -> None:
     """Write ``data`` to ``path`` so readers see the old file (or none) or the whole new one, never part.
 
     With ``overwrite=False`` the final step is a hard link, which raises FileExistsError rather than
-    replace an existing file. The temp file (``.<name>.*.partial``) is removed in every case.
+    replace an existing file. The temp file (``.<name>.*.partial``) is removed in every case. The file gets
+    the mode a plain ``open()`` would give it (0666 less the umask), not ``mkstemp``'s private 0600, so a web
+    server running as another user can serve a published page.
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
     try:
+        os.fchmod(fd, 0o666 & ~umask())
         with os.fdopen(fd, "wb") as f:
             f.write(data)
             f.flush()

@@ -160,15 +160,19 @@ class Plugins:
                     continue
                 staged: Registry[Any] = Registry(kind, item_type)
                 staged.current_plugin = impl.plugin_name
+                added: list[str] = []
                 try:
                     impl.function(**{arg: staged for arg in impl.argnames})
                     registry.current_plugin = impl.plugin_name
                     for item in staged:
                         registry.add(item)
+                        added.append(item.name)
                 except Exception as exc:  # a plugin's bug must not take the others down
+                    for name in added:  # all or nothing: withdraw what this hook call got in before the collision
+                        registry.remove(name)
                     self._fail(impl.plugin_name, f"{hook_name} raised {type(exc).__name__}: {exc}")
                     continue
-                info.registered.setdefault(kind, []).extend(staged.names())
+                info.registered.setdefault(kind, []).extend(added)
 
     def _fail(self, name: str, message: str) -> None:
         info = self.infos[name]

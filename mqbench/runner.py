@@ -41,7 +41,7 @@ from torch import nn
 from mqbench import provenance
 from mqbench.backends import Deployed
 from mqbench.data import Split
-from mqbench.errors import UsageError
+from mqbench.errors import ResultsDirError, UsageError
 from mqbench.methods import STAGE_ORDER, Method, MethodConfig, StepContext
 from mqbench.metrics import Evaluation
 from mqbench.metrics.accuracy import agreement
@@ -52,7 +52,7 @@ from mqbench.plugins import Plugins
 from mqbench.progress import SILENT, Reporter
 from mqbench.quant.integer_sim import UnsupportedOp
 from mqbench.schemes import FP32, QuantScheme, parse_scheme
-from mqbench.store import ATTACHMENTS_KEY, SCHEMA, SCHEMA_VERSION, Store, new_record_id
+from mqbench.store import ATTACHMENTS_KEY, SCHEMA, SCHEMA_VERSION, Store, new_record_id, validate
 from mqbench.suites import Suite
 
 
@@ -186,7 +186,16 @@ def parse_pipeline(text: str, plugins: Plugins) -> list[Step]:
         if "weights" not in seen:
             raise UsageError(f"pipeline {text!r}: no calibrate step sets the weight ranges (add e.g. "
                              "'minmax(targets=weights)')")
-    return sorted(steps, key=lambda s: STAGE_ORDER[s.stage])
+    return sorted(steps, key=_step_order)
+
+
+def _step_order(step: Step) -> tuple[int, int, str]:
+    """Steps run stage by stage; within the calibrate stage, the steps that set weight ranges first, then by name,
+    so the same calibrate steps written in another order are the same cell. Transform and refine steps keep the
+    order they were written in (CLE before or after another transform is a different model)."""
+    if step.stage != "calibrate":
+        return STAGE_ORDER[step.stage], 0, ""
+    return STAGE_ORDER[step.stage], 0 if "weights" in step.method.calibrates(step.config) else 1, step.name
 
 
 def check_pipeline(steps: Sequence[Step], scheme: QuantScheme, text: str) -> None:
@@ -267,6 +276,9 @@ def expand(plugins: Plugins, suite: Suite, models: Sequence[str] = (), pipelines
     backs = [plugins.backends.get(b).name for b in (backends or suite.backends)]
     scheme_objs = [parse_scheme(s) for s in (schemes or suite.schemes)]
     limit = eval_limit if eval_limit is not None else suite.eval_limit
+    size = dataset.split_size("test") if limit is not None else None
+    if limit is not None and size is not None and limit >= size:
+        limit = None  # the whole split: the same cell (and hash) as no limit
     cells: list[Cell] = []
     for pipe in pipes:
         for scheme in scheme_objs:
@@ -375,12 +387,15 @@ class Workspace:
 
 
 def evaluate(model: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_size: int,
-             reporter: Reporter = SILENT, label: str = "evaluating") -> Evaluation:
+             reporter: Reporter = SILENT, name: str = "float") -> Evaluation:
+    """The logits of ``model`` on ``split``; ``name`` (``sim``, ``deployed``, ``integer sim``, ``float``) labels the
+    progress bar and the error when the logits are not finite."""
     logits = []
     with torch.inference_mode():
-        for inputs, _ in reporter.track(split.batches(batch_size), label, total=-(-len(split) // batch_size)):
+        for inputs, _ in reporter.track(split.batches(batch_size), f"evaluating ({name})",
+                                        total=-(-len(split) // batch_size)):
             logits.append(model(inputs).float())
-    return Evaluation(torch.cat(logits), split.labels)
+    return Evaluation(torch.cat(logits), split.labels, name)
 
 
 class _Timer:
@@ -457,7 +472,8 @@ def _transform(model: nn.Module, steps: Sequence[Step], cell: Cell, ctx: StepCon
 
 def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
     """Run one cell and return its record (status ``ok``, ``skipped`` or ``failed``); never raises
-    for a failure inside the cell (KeyboardInterrupt and SystemExit propagate)."""
+    for a failure inside the cell, ``SystemExit`` from a plugin included (only KeyboardInterrupt, a real Ctrl-C,
+    propagates and stops the run)."""
     plugins = ws.plugins
     timer = _Timer()
     record = new_record(cell, plugins)
@@ -518,14 +534,13 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             with timer("deploy"):
                 deployed = backend.deploy_float(model)
             with timer("evaluate"):
-                evaluations["sim" if backend.simulation_only else "deployed"] = evaluate(
-                    deployed, evalset, ws.batch_size, ws.reporter)
+                which = "sim" if backend.simulation_only else "deployed"
+                evaluations[which] = evaluate(deployed, evalset, ws.batch_size, ws.reporter, f"float {which}")
         elif backend.calibrates_itself:  # a peer row: the runtime's own quantizer, no QuantSim
             with timer(f"calibrate:{backend.name}"):
                 deployed = backend.quantize(model, scheme, calib, cell.pipeline, ws.reporter)
             with timer("evaluate_deployed"):
-                evaluations["deployed"] = evaluate(deployed, evalset, ws.batch_size, ws.reporter,
-                                                   "evaluating (deployed)")
+                evaluations["deployed"] = evaluate(deployed, evalset, ws.batch_size, ws.reporter, "deployed")
         else:
             with timer("prepare"):
                 qsim = backend.prepare(model, scheme)
@@ -538,7 +553,7 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                     with timer(f"refine:{step.name}"):
                         step.method.refine(qsim, model, calib, step.config, ctx)
             with timer("evaluate_sim"):
-                evaluations["sim"] = evaluate(qsim.eval(), evalset, ws.batch_size, ws.reporter, "evaluating (sim)")
+                evaluations["sim"] = evaluate(qsim.eval(), evalset, ws.batch_size, ws.reporter, "sim")
             if cell.layerwise_images:
                 with timer("layerwise"):
                     images = next(evalset.head(cell.layerwise_images).batches(cell.layerwise_images))[0]
@@ -551,14 +566,13 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
                     with timer("evaluate_integer_sim"):
                         try:
                             evaluations["integer_sim"] = evaluate(exact, evalset, ws.batch_size, ws.reporter,
-                                                                  "evaluating (integer sim)")
+                                                                  "integer sim")
                         except UnsupportedOp as exc:  # the deployment is still measured; say why no int-sim
                             record["integer_sim_unavailable"] = str(exc)
                 with timer("convert"):
                     deployed = backend.convert(qsim)
                 with timer("evaluate_deployed"):
-                    evaluations["deployed"] = evaluate(deployed, evalset, ws.batch_size, ws.reporter,
-                                                       "evaluating (deployed)")
+                    evaluations["deployed"] = evaluate(deployed, evalset, ws.batch_size, ws.reporter, "deployed")
             record["qparams_summary"] = {"weight_quantizers": len(qsim.weight_quantizers),
                                          "activation_quantizers": len(qsim.act_quantizers)}
         if "sim" in evaluations and "deployed" in evaluations:
@@ -581,11 +595,14 @@ def run_cell(cell: Cell, ws: Workspace) -> dict[str, Any]:
             record["metrics"] = {
                 which: {metric.name: metric.compute(ev) for metric in plugins.metrics}
                 for which, ev in evaluations.items()}
-    except (KeyboardInterrupt, SystemExit):
+    except KeyboardInterrupt:
         raise
-    except Exception as exc:  # a cell's failure is stored, never fatal to the run
+    except (Exception, SystemExit) as exc:  # a cell's failure is stored, never fatal to the run
         record["status"] = "failed"
-        record["error"] = {"type": type(exc).__name__, "message": str(exc),
+        message = str(exc)
+        if isinstance(exc, SystemExit):  # sys.exit() in a plugin must not end the sweep silently
+            message = f"a plugin called sys.exit({exc.code!r}) inside the cell"
+        record["error"] = {"type": type(exc).__name__, "message": message,
                            "traceback": traceback.format_exc(limit=8)[-4000:]}
     bad = _replace_non_finite(record)
     if bad:  # JSON has no NaN/inf: keep the record (as failed, the values nulled) rather than lose the cell
@@ -608,6 +625,14 @@ def _replace_non_finite(obj: Any, path: str = "") -> list[str]:
         elif isinstance(value, (dict, list)):
             bad += _replace_non_finite(value, where)
     return bad
+
+
+def _failed_as_invalid(record: dict[str, Any], problem: str) -> dict[str, Any]:
+    """A record that would break the record schema, stored instead as its cell's failure (its head kept)."""
+    head: dict[str, Any] = {k: record[k] for k in ("schema", "schema_version", "record_id", "created", "config_hash", "config", "suite",
+                                   "provenance", "executor") if k in record}
+    head.update(status="failed", error={"type": "InvalidRecord", "message": f"the cell's record is invalid: {problem}"})
+    return head
 
 
 def _satisfied(cell: Cell, record: dict[str, Any] | None) -> bool:
@@ -666,7 +691,18 @@ def run(cells: Sequence[Cell], store: Store, ws: Workspace, executor: Executor |
     summary = RunSummary(to_run=len(todo), already_stored=len(cells) - len(todo))
     executor = executor or InProcessExecutor()
     for record in ws.reporter.track(executor.map(todo, ws), "cells", total=len(todo)):
-        store.append(record)
+        problem = validate(record)
+        if problem:  # e.g. a metric plugin that returned the wrong types: the cell failed, the sweep goes on
+            record = _failed_as_invalid(record, problem)
+        try:
+            store.append(record)
+        except OSError as exc:  # disk full, directory gone or read-only: stop, with nothing half-written
+            c = record["config"]
+            raise ResultsDirError(
+                f"cannot store the record of {c['model']} {c['pipeline']} {c['scheme']} {c['backend']} in "
+                f"{store.records_dir} ({exc.strerror or exc}); {len(summary.records)} of {len(todo)} cells of this run "
+                "were stored, the rest not run: free space (or fix the directory) and run the same command again, "
+                "which runs only the missing cells") from None
         summary.records.append(record)
         if on_record is not None:
             on_record(record)

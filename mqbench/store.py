@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mqbench import __version__
+from mqbench import __version__, record_schema
 from mqbench.errors import ResultsDirError
 from mqbench.fsutil import atomic_write
 
@@ -29,7 +29,7 @@ SCHEMA = "mqbench.record"
 # writes each to ``<results>/attachments/`` first and the record references it by path and sha256.
 ATTACHMENTS_KEY = "_attachments"
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "skipped")
+STATUSES = ("ok", "failed", "skipped")  # see mqbench.record_schema for every field
 
 
 @dataclass
@@ -39,7 +39,8 @@ class LoadResult:
 
 
 def validate(data: Any) -> str | None:
-    """None if ``data`` is a record this mqbench can read, otherwise why not."""
+    """None if ``data`` is a record this mqbench can read, otherwise why not: not a record, a newer schema or
+    mqbench, or a field that breaks :data:`mqbench.record_schema.RECORD_SCHEMA` (named by its path)."""
     if not isinstance(data, dict) or data.get("schema") != SCHEMA:
         return "not an mqbench record (no \"schema\": \"mqbench.record\")"
     version = data.get("schema_version")
@@ -47,15 +48,10 @@ def validate(data: Any) -> str | None:
         return "record without an integer schema_version"
     if version > SCHEMA_VERSION:
         return f"written by a newer mqbench (schema {version} > {SCHEMA_VERSION}); upgrade mqbench to read it"
-    for key, typ in (("config_hash", str), ("config", dict), ("status", str), ("record_id", str), ("created", str)):
-        if not isinstance(data.get(key), typ):
-            return f"record field {key!r} is missing or not a {typ.__name__}"
-    if data["status"] not in STATUSES:
-        return f"record status {data['status']!r} is not one of {STATUSES}"
     written_by = (data.get("provenance") or {}).get("mqbench") if isinstance(data.get("provenance"), dict) else None
     if isinstance(written_by, str) and release(written_by) > release(__version__):
         return f"written by a newer mqbench ({written_by} > {__version__}); upgrade mqbench to read it"
-    return None
+    return record_schema.problem(data)
 
 
 def release(version: str) -> tuple[int, int, int]:
@@ -93,15 +89,22 @@ class Store:
         name = f"{stamp}-{record['config_hash'][:12]}-{record['record_id'][:8]}.json"
         final = self.records_dir / name
         attachments = record.pop(ATTACHMENTS_KEY, None) or {}
-        for key, payload in sorted(attachments.items()):
-            blob = json.dumps(payload, indent=None, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
-            path = self.root / "attachments" / f"{final.stem}.{key}.json"
-            atomic_write(path, blob + b"\n", overwrite=False)
-            record.setdefault("attachments", {})[key] = {
-                "path": path.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(blob + b"\n").hexdigest(),
-                "bytes": len(blob) + 1}
-        data = json.dumps(record, indent=1, sort_keys=True, allow_nan=False).encode() + b"\n"
-        atomic_write(final, data, overwrite=False)  # raises FileExistsError instead of overwriting
+        written: list[Path] = []
+        try:
+            for key, payload in sorted(attachments.items()):
+                blob = json.dumps(payload, indent=None, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()
+                path = self.root / "attachments" / f"{final.stem}.{key}.json"
+                atomic_write(path, blob + b"\n", overwrite=False)
+                written.append(path)
+                record.setdefault("attachments", {})[key] = {
+                    "path": path.relative_to(self.root).as_posix(), "sha256": hashlib.sha256(blob + b"\n").hexdigest(),
+                    "bytes": len(blob) + 1}
+            data = json.dumps(record, indent=1, sort_keys=True, allow_nan=False).encode() + b"\n"
+            atomic_write(final, data, overwrite=False)  # raises FileExistsError instead of overwriting
+        except BaseException:  # the record was not stored: its attachments would be orphans
+            for path in written:
+                path.unlink(missing_ok=True)
+            raise
         return final
 
     def load(self) -> LoadResult:

@@ -100,6 +100,11 @@ class DatasetSpec:
         """Raise UsageError (naming what is expected where) if ``splits`` cannot be loaded; cheap, no decoding.
         The runner calls it before any work starts."""
 
+    def split_size(self, split: str) -> int | None:
+        """How many examples ``split`` holds, when that is known without decoding (None: unknown). The runner
+        uses it to make ``--limit`` at or above the size the same cell as no limit."""
+        return None
+
     def load_split(self, split: str, limit: int | None = None, preprocess: str = "native",
                    reporter: Reporter = SILENT) -> Split:
         """Decode and return ``split`` (``train``, ``calib`` or ``test``), its first ``limit`` examples,

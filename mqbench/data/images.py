@@ -81,6 +81,19 @@ class ImageDataset(DatasetSpec):
             raise UsageError(f"dataset {self.name!r} has no split {split!r}; it has {sorted(sources)}")
         return sources[split]
 
+    def split_size(self, split: str) -> int | None:
+        """The row count of a parquet split (from the files' metadata); None for folders and the hub."""
+        source = self.source(split)
+        if source.kind != "parquet":
+            return None
+        import pyarrow.parquet as pq
+
+        try:
+            return sum(pq.ParquetFile(data_file(p, f"dataset {self.name}/{split}")).metadata.num_rows
+                       for p in source.paths)
+        except (OSError, ValueError):  # unreadable: loading the split reports it properly
+            return None
+
     def load_split(self, split: str, limit: int | None = None, preprocess: str = "native",
                    reporter: Reporter = SILENT) -> Split:
         source = self.source(split)

@@ -163,6 +163,9 @@ class SyntheticShapes(DatasetSpec):
     sizes: tuple[tuple[str, int], ...] = (("train", 8000), ("calib", 512), ("test", 2000))
     seed: int = 0
 
+    def split_size(self, split: str) -> int | None:
+        return dict(self.sizes).get(split)
+
     def load_split(self, split: str, limit: int | None = None, preprocess: str = "native",
                    reporter: Reporter = SILENT) -> Split:
         if preprocess != "native":

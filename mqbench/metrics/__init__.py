@@ -13,13 +13,30 @@ from typing import Any
 
 import torch
 
+from mqbench.errors import NonFiniteOutputError
+
 
 @dataclass(frozen=True, eq=False)
 class Evaluation:
-    """Outputs of one model on the evaluation images: ``logits`` (N, C) float, ``labels`` (N,) int64."""
+    """Outputs of one model on the evaluation images: ``logits`` (N, C) float, ``labels`` (N,) int64.
+    ``name`` says which model of the cell produced them (``sim``, ``deployed``, ``integer sim``).
+
+    Logits holding NaN or inf are refused here (:class:`NonFiniteOutputError`, which fails the cell): every
+    comparison with NaN is false, so a NaN model would otherwise rank every label first and score 100%. No
+    metric ever sees non-finite logits."""
 
     logits: torch.Tensor
     labels: torch.Tensor
+    name: str = "evaluation"
+
+    def __post_init__(self) -> None:
+        finite = torch.isfinite(self.logits).reshape(self.logits.shape[0], -1).all(dim=1)
+        bad = int((~finite).sum())
+        if bad:
+            raise NonFiniteOutputError(
+                f"non-finite logits (NaN or inf) on {bad} of {self.logits.shape[0]} images in the {self.name} "
+                "evaluation: the model diverged or its weights hold NaN/inf (check the weights file, e.g. a "
+                "BatchNorm with a negative running variance); no accuracy is reported")
 
 
 class Metric:

@@ -35,6 +35,9 @@ from mqbench.progress import SILENT, Reporter
 Deployed = Callable[[torch.Tensor], torch.Tensor]
 
 
+MAX_TIME_S = 600.0  # the longest timed stretch per setting (a cell times 8 settings)
+
+
 @dataclass(frozen=True)
 class LatencySettings:
     """What to time. ``threads`` of 0 means every core this process may use."""
@@ -48,8 +51,11 @@ class LatencySettings:
     def __post_init__(self) -> None:
         if self.min_runs < 3:
             raise ValueError(f"latency needs at least 3 timed runs for quartiles, got min_runs={self.min_runs}")
-        if self.min_time_s < 0 or self.warmup_runs < 0:
-            raise ValueError("latency min_time_s and warmup_runs must not be negative")
+        if not 0 <= self.min_time_s <= MAX_TIME_S:  # also false for NaN; inf would time forever
+            raise ValueError(f"latency min_time_s must be a number of seconds from 0 to {MAX_TIME_S:g}, got "
+                             f"{self.min_time_s}")
+        if self.warmup_runs < 0:
+            raise ValueError("latency warmup_runs must not be negative")
         if not self.batch_sizes or any(b <= 0 for b in self.batch_sizes):
             raise ValueError(f"latency batch sizes must be positive, got {self.batch_sizes}")
         if not self.threads or any(t < 0 for t in self.threads):

@@ -101,7 +101,8 @@ class ModelSpec:
             if w.name == name:
                 return w
         names = [w.name for w in self.weights]
-        raise UnknownNameError(f"weights of {self.name}", name, difflib.get_close_matches(name, names, 3, 0.5), names)
+        raise UnknownNameError(f"weights of {self.name}", name, difflib.get_close_matches(name, names, 3, 0.5), names,
+                               listing="`mqbench list models`, which names each model's weights")
 
 
 __all__ = ["CheckpointWeights", "FileWeights", "HubWeights", "ModelSpec", "TrainConfig", "TrainedWeights", "UrlWeights",

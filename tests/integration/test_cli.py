@@ -133,13 +133,13 @@ def test_plugin_raising_in_a_cell_fails_only_that_cell(quick_run, boom_env: dict
     (["run", "--suite", "quik"], "unknown suite 'quik'; did you mean 'quick'"),
     (["run", "--all", "--scheme", "w8a9x"], "malformed scheme 'w8a9x'"),
     (["run", "--all", "--method", "fp32+minmax"], "can only be combined with transform steps"),
-    (["run", "--all", "--method", "qf_sepconv+fp32", "--train-budget", "0"], "training budget must be a positive"),
+    (["run", "--all", "--method", "qf_sepconv+fp32", "--train-budget", "0"], "argument --train-budget: must be a finite number > 0 and <= 2592000, got 0"),
     (["run"], "nothing to run"),
-    (["run", "--all", "--layerwise", "0"], "--layerwise needs a positive number of images"),
+    (["run", "--all", "--layerwise", "0"], "argument --layerwise: must be a whole number >= 1, got 0"),
     (["run", "--all", "--cpus-per-cell", "2", "--address", "auto"], "--address, --cpus-per-cell only apply to --executor ray"),
-    (["run", "--all", "--executor", "ray", "--cpus-per-cell", "0"], "--cpus-per-cell must be positive"),
-    (["run", "--all", "--executor", "ray", "--max-retries", "-1"], "--max-retries must be zero or positive"),
-    (["analyze", "--model", "quick_cnn", "--images", "0"], "--images needs a positive number of images"),
+    (["run", "--all", "--executor", "ray", "--cpus-per-cell", "0"], "argument --cpus-per-cell: must be a finite number > 0 and <= 1024, got 0"),
+    (["run", "--all", "--executor", "ray", "--max-retries", "-1"], "argument --max-retries: must be a whole number from 0 to 100, got -1"),
+    (["analyze", "--model", "quick_cnn", "--images", "0"], "argument --images: must be a whole number >= 1, got 0"),
     (["analyze", "--model", "quick_cnm"], "unknown model 'quick_cnm'"),
 ])
 def test_usage_errors_exit_2_with_one_line(args: list[str], expected: str, tmp_path: Path) -> None:

@@ -54,9 +54,9 @@ def test_a_killed_training_resumes_to_the_same_weights_as_an_uninterrupted_one(t
 
 
 @pytest.mark.parametrize(("extra", "expected"), [
-    (("--epochs", "0"), "epochs must be positive"),
+    (("--epochs", "0"), "argument --epochs: must be a whole number from 1 to 10000, got 0"),
     (("--build", "nonsense=1"), "--build for model quick_cnn"),
-    (("--train-limit", "0"), "--train-limit must be a positive number"),
+    (("--train-limit", "0"), "argument --train-limit: must be a whole number >= 1, got 0"),
     (("--model", "quick_cnm"), "unknown model 'quick_cnm'"),
 ])
 def test_train_usage_errors_are_one_line(extra: tuple[str, ...], expected: str, tmp_path: Path) -> None:

@@ -181,7 +181,9 @@ def test_range_ratio_and_slope() -> None:
 
 def _record() -> dict:
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "record_id": "a" * 32, "config_hash": "b" * 64,
-            "config": {}, "status": "ok", "created": "2026-11-23T12:00:00.000000+00:00"}
+            "config": {"model": "m", "weights": "w", "dataset": "d", "pipeline": "minmax", "backend": "simulated",
+                       "scheme": "w8a8", "seed": 0},
+            "status": "ok", "metrics": {}, "created": "2026-11-23T12:00:00.000000+00:00"}
 
 
 def test_store_writes_attachments_first_and_verifies_them(tmp_path: Path) -> None:

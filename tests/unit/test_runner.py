@@ -89,7 +89,7 @@ def test_step_parameters_parse_and_canonicalise(plugins: Plugins) -> None:
     assert runner.pipeline_name(steps) == "cle+percentile(percentile=99.9)+bias_correction"
     assert steps[1].config.percentile == 99.9  # type: ignore[attr-defined]
     split = runner.parse_pipeline("mse(targets=activations)+minmax(targets=weights)", plugins)
-    assert runner.pipeline_name(split) == "mse(targets=activations)+minmax(targets=weights)"
+    assert runner.pipeline_name(split) == "minmax(targets=weights)+mse(targets=activations)"  # weight ranges first
     cells = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["percentile(percentile=99.9)"],
                           schemes=["w8a8"])
     config = runner.cell_config(cells[0], plugins)
@@ -241,3 +241,29 @@ def test_a_cell_reporting_nan_is_stored_as_failed_not_lost(plugins: Plugins, tmp
     assert failed["method_notes"]["nan_notes"] == {"loss": None, "steps": [1.0, None]}
     assert failed["metrics"]["sim"]["accuracy"]["n"] == 50  # what was measured is kept
     assert len(store.load().records) == 2
+
+
+def test_the_same_calibrate_steps_in_another_order_are_one_cell(plugins: Plugins) -> None:
+    # Issue 23, defect 10: the written order of calibrate steps made two cells (two hashes) of the same work.
+    orders = ["mse(targets=activations)+minmax(targets=weights)", "minmax(targets=weights)+mse(targets=activations)",
+              "cle+mse(targets=activations)+minmax(targets=weights)+bias_correction"]
+    cells = [runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=[p], schemes=["w8a8"])[0] for p in orders]
+    hashes = [runner.config_hash(runner.cell_config(c, plugins)) for c in cells]
+    assert hashes[0] == hashes[1] and hashes[2] not in hashes[:2]
+    assert cells[0].pipeline == cells[1].pipeline == "minmax(targets=weights)+mse(targets=activations)"
+    # transform and refine steps keep the order they were written in
+    assert cells[2].pipeline == "cle+minmax(targets=weights)+mse(targets=activations)+bias_correction"
+
+
+def test_a_limit_at_or_above_the_split_size_is_the_whole_split(plugins: Plugins) -> None:
+    # Issue 23, defect 10: --limit larger than the split made a second cell for the same work.
+    test_size = plugins.datasets.get("synthetic").split_size("test")
+    assert test_size == 2000
+
+    def cell_hash(limit: int | None) -> str:
+        cell = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax"], schemes=["w8a8"],
+                             eval_limit=limit)[0]
+        return runner.config_hash(runner.cell_config(cell, plugins))
+
+    assert cell_hash(None) == cell_hash(test_size) == cell_hash(10 * test_size)
+    assert cell_hash(test_size - 1) != cell_hash(None)

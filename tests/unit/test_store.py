@@ -15,7 +15,12 @@ from mqbench.store import SCHEMA, SCHEMA_VERSION, Store, new_record_id, release
 
 def record(h: str = "a" * 64, status: str = "ok", created: str = "2026-11-22T10:00:00.000001+00:00") -> dict:
     return {"schema": SCHEMA, "schema_version": SCHEMA_VERSION, "record_id": new_record_id(), "created": created,
-            "config_hash": h, "config": {"model": "m"}, "status": status}
+            "config_hash": h, "config": CONFIG, "status": status, **STATUS_FIELD.get(status, {})}
+
+
+CONFIG = {"model": "m", "weights": "w", "dataset": "d", "pipeline": "minmax", "backend": "simulated", "scheme": "w8a8",
+          "seed": 0}
+STATUS_FIELD = {"ok": {"metrics": {}}, "failed": {"error": {"type": "E", "message": "m"}}, "skipped": {"skip_reason": "r"}}
 
 
 def test_append_and_load_round_trip(tmp_path: Path) -> None:
