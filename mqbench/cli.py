@@ -28,6 +28,7 @@ from mqbench.plugins import DISABLE_ENV, Plugins, get_plugins
 from mqbench.progress import Reporter, make_progress
 from mqbench.report import layerwise as layerwise_report
 from mqbench.report import leaderboard, publish
+from mqbench.report.escape import term
 from mqbench.store import Store
 from mqbench.suites import DEFAULT_SUITE
 
@@ -206,18 +207,19 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
 
     def report(record: dict[str, Any]) -> None:
         c = record["config"]
-        label = f"{c['model']} {c['pipeline']} {c['scheme']} {c['backend']}"
+        label = term(f"{c['model']} {c['pipeline']} {c['scheme']} {c['backend']}")
         secs = sum(record["timings_s"].values())
         if record["status"] == "ok":
             _, acc = leaderboard._accuracy(record)
             top1 = f"top-1 {100 * acc['top1']['value']:.2f}%" if acc else ""
             progress.console.print(f"[green]done[/] {label}: {top1} ({secs:.1f} s)")
         elif record["status"] == "skipped":
-            progress.console.print(f"[yellow]skipped[/] {label}: {record['skip_reason']}")
+            progress.console.print(f"[yellow]skipped[/] {label}: {term(record['skip_reason'])}")
         else:
-            progress.console.print(f"[red]FAILED[/] {label}: {record['error']['type']}: {record['error']['message']}")
+            progress.console.print(f"[red]FAILED[/] {label}: {term(record['error']['type'])}: "
+                                   f"{term(record['error']['message'])}")
 
-    err.print(f"suite {suite_name}: {len(cells)} cells; results in {store.root}")
+    err.print(term(f"suite {suite_name}: {len(cells)} cells; results in {store.root}"))
     try:
         with progress:
             summary = runner.run(cells, store, ws, executor, force=args.force, on_record=report)
@@ -229,15 +231,15 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
         err.print(f"{summary.already_stored} of {len(cells)} cells already stored, not rerun (use --force to rerun)")
     loaded = store.load()
     for path, problem in loaded.problems:
-        err.print(f"[yellow]warning[/]: skipped {path}: {problem}")
+        err.print(f"[yellow]warning[/]: skipped {term(path)}: {term(problem)}")
     if print_table:
         leaderboard.print_rich(loaded, out)
     if summary.failed:
         err.print(f"[red]{len(summary.failed)} of {summary.to_run} cells failed:[/]")
         for r in summary.failed:
             c = r["config"]
-            err.print(f"  {c['model']} {c['pipeline']} {c['scheme']} {c['backend']}: "
-                      f"{r['error']['type']}: {r['error']['message']}")
+            err.print(f"  {c['model']} {c['pipeline']} {c['scheme']} {c['backend']}: {r['error']['type']}: "
+                      f"{r['error']['message']}", markup=False, highlight=False)
         return 1
     return 0
 
@@ -405,6 +407,27 @@ def cmd_leaderboard(args: argparse.Namespace, plugins: Plugins) -> int:
     return 0
 
 
+def cmd_store(args: argparse.Namespace, plugins: Plugins) -> int:
+    from mqbench import record_schema
+    from mqbench.store import check_store, repair_store
+
+    if args.action == "schema":
+        print(json.dumps(record_schema.RECORD_SCHEMA, indent=1))
+        return 0
+    store = _existing_results(args)
+    found = check_store(store, grace_s=60.0 * args.older_than)
+    for path, why in found.problems:
+        err.print(f"problem: {path}: {why}", markup=False, highlight=False)
+    removed = set(repair_store(found)) if args.repair else set()
+    for path, why in found.leftovers:
+        verb = "removed" if path in removed else "leftover"
+        out.print(f"{verb}: {path}: {why}", markup=False, highlight=False)
+    left = len(found.leftovers) - len(removed)
+    out.print(f"{found.records} records readable; {len(found.problems)} problem(s); {len(removed)} leftover(s) removed"
+              + (f", {left} left (run with --repair to remove them)" if left else ""), markup=False, highlight=False)
+    return 1 if found.problems or left else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = Parser(
         prog="mqbench", description="Benchmark quantization methods for mobile CNNs on simulated and real int8 "
@@ -565,6 +588,23 @@ def build_parser() -> argparse.ArgumentParser:
                    "DIR (linked from the Markdown output)")
     p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")
     p.set_defaults(func=cmd_leaderboard)
+
+    p = sub.add_parser(
+        "store", help="check a results directory (and clean its leftovers), or print the record schema",
+        description="`store check` reads every file of the results directory without changing it and reports: files "
+        "in records/ that are not readable records (with the first problem found), attachments that are missing or "
+        "do not match their record's sha256, and leftovers: temp files of writes that never finished (.*.partial), "
+        "build folders of an interrupted publish (.publish-*), attachments no record refers to. With --repair the "
+        "leftovers are deleted; records are never deleted or changed. Exit 0: nothing wrong; 1: problems or "
+        "leftovers remain. `store schema` prints the JSON Schema every record is validated against.",
+        epilog="Example: mqbench store check --results results --repair")
+    p.add_argument("action", choices=("check", "schema"), help="check the results directory, or print the schema")
+    p.add_argument("--repair", action="store_true", help="delete the leftovers found (never a record)")
+    p.add_argument("--older-than", type=float_in(0.0, 1e6), default=10.0, metavar="MIN",
+                   help="leftovers younger than MIN minutes may belong to a run in progress and are left alone "
+                   "(default 10)")
+    p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")
+    p.set_defaults(func=cmd_store)
     return parser
 
 

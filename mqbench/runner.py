@@ -629,8 +629,8 @@ def _replace_non_finite(obj: Any, path: str = "") -> list[str]:
 
 def _failed_as_invalid(record: dict[str, Any], problem: str) -> dict[str, Any]:
     """A record that would break the record schema, stored instead as its cell's failure (its head kept)."""
-    head: dict[str, Any] = {k: record[k] for k in ("schema", "schema_version", "record_id", "created", "config_hash", "config", "suite",
-                                   "provenance", "executor") if k in record}
+    keep = ("schema", "schema_version", "record_id", "created", "config_hash", "config", "suite", "provenance", "executor")
+    head: dict[str, Any] = {k: record[k] for k in keep if k in record}
     head.update(status="failed", error={"type": "InvalidRecord", "message": f"the cell's record is invalid: {problem}"})
     return head
 

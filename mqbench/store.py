@@ -13,7 +13,9 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import shutil
 import tempfile
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -153,6 +155,72 @@ class Store:
             raise ResultsDirError(f"attachment {path} does not match the sha256 in its record (altered or "
                                   "truncated); restore it or rerun the cell with --force")
         return json.loads(blob)
+
+
+@dataclass
+class StoreCheck:
+    """What ``mqbench store check`` finds. ``leftovers`` are safe to delete: temp files of writes that never finished
+    (``.*.partial``), publish build folders (``.publish-*``) and attachments no record refers to, each older than
+    the grace period (a younger one may belong to a run in progress). ``problems`` need a person: files in
+    ``records/`` that are not readable records, and attachments missing or not matching their record's sha256."""
+
+    records: int = 0
+    leftovers: list[tuple[Path, str]] = field(default_factory=list)
+    problems: list[tuple[Path, str]] = field(default_factory=list)
+
+
+def check_store(store: Store, grace_s: float = 600.0, now: float | None = None) -> StoreCheck:
+    """Inspect ``store`` without changing anything."""
+    now = time.time() if now is None else now
+    loaded = store.load()
+    out = StoreCheck(records=len(loaded.records), problems=list(loaded.problems))
+
+    def old(path: Path) -> bool:
+        try:
+            return now - path.lstat().st_mtime >= grace_s
+        except OSError:
+            return False
+
+    referenced: set[str] = set()
+    for path in sorted(store.records_dir.glob("*.json")) if store.records_dir.is_dir() else []:
+        try:  # any parseable file's references count, so an attachment of a record left out is not deleted
+            refs = json.loads(path.read_text(encoding="utf-8")).get("attachments") or {}
+            referenced |= {ref["path"] for ref in refs.values() if isinstance(ref, dict) and isinstance(ref.get("path"), str)}
+        except (OSError, ValueError, AttributeError):
+            continue
+    for record in loaded.records:
+        for key in record.get("attachments") or {}:
+            try:
+                store.attachment(record, key)
+            except ResultsDirError as exc:
+                out.problems.append((Path(record["_path"]), str(exc)))
+    for folder in (store.records_dir, store.root / "attachments"):
+        for path in sorted(folder.glob(".*.partial")) if folder.is_dir() else []:
+            if old(path):
+                out.leftovers.append((path, "temp file of a write that never finished"))
+    for path in sorted(store.root.glob(".publish-*")) if store.root.is_dir() else []:
+        if old(path):
+            out.leftovers.append((path, "build folder of a publish that never finished"))
+    attachments = store.root / "attachments"
+    for path in sorted(attachments.glob("*.json")) if attachments.is_dir() else []:
+        if path.relative_to(store.root).as_posix() not in referenced and old(path):
+            out.leftovers.append((path, "attachment no record refers to"))
+    return out
+
+
+def repair_store(check: StoreCheck) -> list[Path]:
+    """Delete the leftovers ``check`` found (never a record, never a referenced attachment); the paths removed."""
+    removed = []
+    for path, _ in check.leftovers:
+        try:
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+        except FileNotFoundError:
+            continue
+        removed.append(path)
+    return removed
 
 
 def newest_per_config(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -17,6 +17,7 @@ from typing import Any
 from rich.table import Table
 
 from mqbench.metrics.layerwise import SQNR_CAP_DB
+from mqbench.report.escape import term
 from mqbench.store import newest_per_config
 
 ERROR_FIELDS = ("dataset", "model", "weights", "pipeline", "scheme", "backend", "seed", "images", "layers",
@@ -90,7 +91,7 @@ def error_table(rows: Sequence[dict[str, Any]]) -> Table:
     for i, col in enumerate(ERROR_HEADER):
         table.add_column(col, justify="left" if i < 4 else "right", overflow="fold")
     for row in rows:
-        table.add_row(*error_cells(row))
+        table.add_row(*(term(c) for c in error_cells(row)))
     return table
 
 

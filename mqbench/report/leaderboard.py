@@ -27,6 +27,7 @@ from rich.table import Table
 
 from mqbench.metrics.accuracy import mcnemar_p, unpack_bits
 from mqbench.report import layerwise
+from mqbench.report.escape import md_cell, md_link, md_paragraph, term
 from mqbench.store import LoadResult, newest_per_config
 
 FIELDS = ("suite", "dataset", "model", "weights", "environment", "pipeline", "backend", "scheme", "seed", "status",
@@ -264,40 +265,41 @@ def render_markdown(loaded: LoadResult, plots: Sequence[str] = ()) -> str:
     if not rows:
         lines.append("No records.")
     for (dataset, model, weights), group in _groups(rows).items():
-        lines += [f"## {model} ({weights}) on {dataset}", "",
+        lines += [f"## {md_cell(model)} ({md_cell(weights)}) on {md_cell(dataset)}", "",
                   "| pipeline | scheme | backend | top-1 % [95% CI] | top-5 % | Δ top-1 vs fp32 | vs scheme's best | n "
                   "| sim top-1 % | agree % | int-sim agree % | method s | status |",
                   "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" ({r['note']})" if r["note"] else "")
-            lines.append(f"| {r['pipeline']} | {r['scheme']} | {r['backend']} | {_ci(r, 'top1')} | {_pct(r['top5'])} "
-                         f"| {_sig(r)} | {_vs_best(r)} | {r['n'] or ''} | {_pct(r['sim_top1'])} | {_pct(r['agreement'])} "
-                         f"| {_pct(r['agreement_int_sim'])} | {_seconds(r['method_s'])} | {status.strip()} |")
+            cells = [r["pipeline"], r["scheme"], r["backend"], _ci(r, "top1"), _pct(r["top5"]), _sig(r), _vs_best(r),
+                     r["n"] or "", _pct(r["sim_top1"]), _pct(r["agreement"]), _pct(r["agreement_int_sim"]),
+                     _seconds(r["method_s"]), status.strip()]
+            lines.append("| " + " | ".join(md_cell(c) for c in cells) + " |")
         lines.append("")
         latency = _latency_rows(group)
         if latency:
             header = _latency_header(group)
-            lines += [f"Latency of {model} ({weights}):", "", "| " + " | ".join(header) + " |",
+            lines += [f"Latency of {md_cell(model)} ({md_cell(weights)}):", "", "| " + " | ".join(header) + " |",
                       "|" + "---|" * len(header)]
-            lines += ["| " + " | ".join(cells) + " |" for cells in latency]
+            lines += ["| " + " | ".join(md_cell(c) for c in cells) + " |" for cells in latency]
             lines.append("")
     errors = layerwise.error_rows(loaded.records)
     if errors:
         lines += ["## Error accumulation", "", "| " + " | ".join(layerwise.ERROR_HEADER) + " |",
                   "|" + "---|" * len(layerwise.ERROR_HEADER)]
-        lines += ["| " + " | ".join(layerwise.error_cells(row)) + " |" for row in errors]
+        lines += ["| " + " | ".join(md_cell(c) for c in layerwise.error_cells(row)) + " |" for row in errors]
         lines += ["", layerwise.ERROR_LEGEND, ""]
     for link in plots:
-        lines += [f"![{Path(link).stem}]({link})", ""]
+        lines += [f"![{md_cell(Path(link).stem)}]({md_link(link)})", ""]
     if rows:
         lines += [LEGEND, ""]
     if any(r["lat_b1_t1_ms"] is not None or r["ips_b32_tall"] is not None for r in rows):
         lines += [LATENCY_LEGEND, ""]
     prov = _provenance_line(loaded.records)
     if prov:
-        lines += [prov, ""]
+        lines += [md_paragraph(prov), ""]
     for path, problem in loaded.problems:
-        lines.append(f"- skipped {path.name}: {problem}")
+        lines.append(f"- skipped {md_cell(path.name)}: {md_cell(problem)}")
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -323,7 +325,7 @@ def print_rich(loaded: LoadResult, console: Console) -> None:
     if not rows:
         console.print("No records yet: run `mqbench run --all`.")
     for (dataset, model, weights), group in _groups(rows).items():
-        table = Table(title=f"{model} ({weights}) on {dataset}", title_justify="left")
+        table = Table(title=term(f"{model} ({weights}) on {dataset}"), title_justify="left")
         for col, just in (("pipeline", "left"), ("scheme", "left"), ("backend", "left"), ("top-1 % [95% CI]", "right"),
                           ("top-5 %", "right"), ("Δ vs fp32", "right"), ("vs scheme's best", "left"), ("n", "right"),
                           ("sim top-1 %", "right"), ("agree %", "right"), ("int-sim agree %", "right"),
@@ -332,24 +334,24 @@ def print_rich(loaded: LoadResult, console: Console) -> None:
         for r in group:
             status = STATUS_TEXT[r["status"]] + (f" {r['note']}" if r["note"] else "")
             style = "red" if r["status"] == "failed" else ("dim" if r["status"] == "skipped" else None)
-            table.add_row(r["pipeline"], r["scheme"], r["backend"], _ci(r, "top1"), _pct(r["top5"]),
+            table.add_row(term(r["pipeline"]), term(r["scheme"]), term(r["backend"]), _ci(r, "top1"), _pct(r["top5"]),
                           _sig(r), _vs_best(r), str(r["n"] or ""), _pct(r["sim_top1"]), _pct(r["agreement"]),
-                          _pct(r["agreement_int_sim"]), _seconds(r["method_s"]), status.strip(), style=style)
+                          _pct(r["agreement_int_sim"]), _seconds(r["method_s"]), term(status.strip()), style=style)
         console.print(table)
         latency = _latency_rows(group)
         if latency:
-            lat_table = Table(title=f"latency of {model} ({weights})", title_justify="left")
+            lat_table = Table(title=term(f"latency of {model} ({weights})"), title_justify="left")
             for i, col in enumerate(_latency_header(group)):
                 lat_table.add_column(col, justify="left" if i < 3 else "right")
             for cells in latency:
-                lat_table.add_row(*cells)
+                lat_table.add_row(*(term(c) for c in cells))
             console.print(lat_table)
     errors = layerwise.error_rows(loaded.records)
     if errors:
         console.print(layerwise.error_table(errors))
     prov = _provenance_line(loaded.records)
     if prov:
-        console.print(prov, style="dim")
+        console.print(term(prov), style="dim")
 
 
 RENDERERS = {"md": render_markdown, "csv": render_csv, "json": render_json}

@@ -7,7 +7,9 @@ It writes into the results directory (beside ``records/``):
   the error-accumulation table, each row linked to its record; the plots; a legend; the files left out.
 * ``leaderboard.csv`` and ``leaderboard.json``: every row (the ``--format csv/json`` output).
 * ``plots/*.png``: per model the top-1 of every pipeline and scheme, and, for analysed cells, SQNR against depth and
-  the per-channel weight ranges. The folder is rebuilt on every publish (it holds nothing else).
+  the per-channel weight ranges. The folder is rebuilt on every publish.
+* ``.mqbench-published.json``: the files the last publish wrote. Publishing replaces only those: it refuses a
+  results directory whose ``index.html``, ``LEADERBOARD.md``, ... or ``plots/`` files it did not write.
 * ``index.html``: one self-contained page (styles, script and plots inline, no network at view time) with the
   same sections; its tables sort on a click on a column header and filter as one types.
 
@@ -24,16 +26,21 @@ from __future__ import annotations
 
 import base64
 import html
+import json
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mqbench import __version__
+from mqbench.errors import ResultsDirError
 from mqbench.fsutil import atomic_write
 from mqbench.report import layerwise, leaderboard, papers
+from mqbench.report.escape import md_cell, md_link, md_paragraph
 from mqbench.store import LoadResult, newest_per_config
 
 OUTPUTS = ("LEADERBOARD.md", "leaderboard.csv", "leaderboard.json", "index.html")
@@ -291,29 +298,30 @@ def build_page(loaded: LoadResult, load_detail: Callable[[dict[str, Any]], Any] 
 
 
 def _md_cell(cell: Cell) -> str:
-    text = cell.text.replace("|", "\\|").replace("\n", " ")
-    return f"[{text}]({cell.link})" if cell.link and text else text
+    text = md_cell(cell.text)
+    return f"[{text}]({md_link(cell.link)})" if cell.link and text else text
 
 
 def render_markdown(sections: Sequence[Section]) -> str:
     lines: list[str] = []
     for s in sections:
-        lines += ["#" * s.level + " " + s.title, ""]
+        lines += ["#" * s.level + " " + md_cell(s.title), ""]
         if s.level == 1:
             toc = [x for x in sections if x.level in (2, 3)]
-            lines += [*s.paragraphs, ""]
+            lines += [*map(md_paragraph, s.paragraphs), ""]
             for x in toc:
-                lines.append("  " * (x.level - 2) + f"- [{x.title}](#{x.anchor})")
+                lines.append("  " * (x.level - 2) + f"- [{md_cell(x.title)}](#{x.anchor})")
             lines.append("")
             continue
         for p in s.paragraphs:
-            lines += [p, ""]
+            lines += [md_paragraph(p), ""]
         for t in s.tables:
-            lines += [f"{t.caption}:", "", "| " + " | ".join(t.header) + " |", "|" + "---|" * len(t.header)]
+            lines += [f"{md_cell(t.caption)}:", "", "| " + " | ".join(map(md_cell, t.header)) + " |",
+                      "|" + "---|" * len(t.header)]
             lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in t.rows]
             lines.append("")
         for caption, path in s.images:
-            lines += [f"![{caption}]({path})", ""]
+            lines += [f"![{md_cell(caption)}]({md_link(path)})", ""]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -431,28 +439,119 @@ def render_html(sections: Sequence[Section], results_dir: Path) -> str:
 
 # ---------------------------------------------------------------- writing
 
+MANIFEST = ".mqbench-published.json"  # the files the last publish wrote: what the next one may replace
+
+
+def owned_files(results_dir: Path) -> set[str]:
+    """The files (relative paths) that ``--publish`` wrote into ``results_dir`` last time, from its manifest."""
+    path = results_dir / MANIFEST
+    if not path.exists():
+        return set()
+    try:
+        files = json.loads(path.read_text(encoding="utf-8")).get("files")
+    except (OSError, ValueError, AttributeError) as exc:
+        raise ResultsDirError(f"{path} is not a manifest mqbench can read ({type(exc).__name__}); remove it and the "
+                              "published files it listed (they are rebuilt from records/), then publish again") from None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        raise ResultsDirError(f"{path} does not list the published files; remove it and the published files, then "
+                              "publish again")
+    return set(files)
+
+
+def check_ownership(results_dir: Path, owned: set[str]) -> None:
+    """ResultsDirError naming the first file that publishing would replace or delete but did not write."""
+    plots = results_dir / PLOTS_DIR
+    if plots.exists() and not plots.is_dir():
+        raise ResultsDirError(f"{plots} is not a folder; publishing needs {PLOTS_DIR}/ for its plots: move it away")
+    theirs = [name for name in OUTPUTS if (results_dir / name).exists() and name not in owned]
+    if plots.is_dir():
+        theirs += sorted(p.relative_to(results_dir).as_posix() for p in plots.rglob("*")
+                         if not p.is_dir() and p.relative_to(results_dir).as_posix() not in owned)
+    if theirs:
+        more = f" (and {len(theirs) - 1} more)" if len(theirs) > 1 else ""
+        raise ResultsDirError(
+            f"{results_dir / theirs[0]}{more} was not written by `mqbench leaderboard --publish` (it is not in "
+            f"{MANIFEST}), and publishing would replace it: move it away or publish another --results directory")
+
 
 def publish(loaded: LoadResult, results_dir: Path, load_detail: Callable[[dict[str, Any]], Any] | None = None,
             extra: Sequence[Section] = ()) -> list[Path]:
-    """Render every output into ``results_dir``; returns the files written. ``plots/`` is rebuilt."""
-    plots = results_dir / PLOTS_DIR
-    if plots.exists():
-        shutil.rmtree(plots)
-    sections = build_page(loaded, load_detail, results_dir, extra)
+    """Render every output into ``results_dir``; returns the files written.
+
+    Everything is built in a temporary folder inside ``results_dir`` first, so a failure while rendering leaves the
+    published site as it was. Then each output and ``plots/`` are swapped in by renames (undone if one fails), and
+    ``MANIFEST`` lists what was written. Publishing refuses (ResultsDirError, before any work) to replace a file it
+    did not write: an ``index.html`` or a ``plots/`` file of someone else's stays untouched."""
+    if not loaded.records:
+        raise ResultsDirError(f"{results_dir / 'records'} holds no record this mqbench reads: nothing to publish "
+                              "(run `mqbench run` first, or give the --results directory that holds the records)")
+    owned = owned_files(results_dir)
+    check_ownership(results_dir, owned)
+    try:
+        build = Path(tempfile.mkdtemp(dir=results_dir, prefix=".publish-"))
+    except OSError as exc:
+        raise ResultsDirError(f"cannot publish into {results_dir} ({exc.strerror or exc}); make it writable or "
+                              "publish another --results directory") from None
+    try:
+        files = _render_into(build, loaded, load_detail, extra)
+        _swap_in(build, results_dir, files, owned)
+    except OSError as exc:
+        raise ResultsDirError(f"publishing into {results_dir} failed ({exc.strerror or exc}); the published files "
+                              "are as they were: free space or make the directory writable, then publish again") from None
+    finally:
+        shutil.rmtree(build, ignore_errors=True)
+    return [results_dir / f for f in files]
+
+
+def _render_into(build: Path, loaded: LoadResult, load_detail: Callable[[dict[str, Any]], Any] | None,
+                 extra: Sequence[Section]) -> list[str]:
+    """Every output rendered into the empty folder ``build``; their paths relative to it."""
+    sections = build_page(loaded, load_detail, build, extra)
     outputs = {
         "LEADERBOARD.md": render_markdown(sections),
         "leaderboard.csv": leaderboard.render_csv(loaded),
         "leaderboard.json": leaderboard.render_json(loaded),
-        "index.html": render_html(sections, results_dir),
+        "index.html": render_html(sections, build),
     }
-    written = []
     for name in OUTPUTS:
-        path = results_dir / name
-        atomic_write(path, outputs[name].encode("utf-8"), overwrite=True)
-        written.append(path)
-    written += sorted(plots.rglob("*.png")) if plots.exists() else []
-    return written
+        atomic_write(build / name, outputs[name].encode("utf-8"), overwrite=False)
+    plots = sorted(p.relative_to(build).as_posix() for p in (build / PLOTS_DIR).rglob("*.png"))
+    return [*OUTPUTS, *plots]
 
 
-__all__ = ["OUTPUTS", "PLOTS_DIR", "Cell", "Section", "Table", "build_page", "plot_accuracy", "publish",
+def _swap_in(build: Path, results_dir: Path, files: list[str], owned: set[str]) -> None:
+    """Move the built outputs and ``plots/`` over the published ones (kept in ``build`` until the end, and put back
+    if a move fails). The manifest names the old and the new files while they are swapped, the new ones after."""
+    _write_manifest(results_dir, owned | set(files))
+    backup = build / ".previous"
+    backup.mkdir()
+    done: list[tuple[Path, Path | None]] = []
+    try:
+        for name in (*OUTPUTS, PLOTS_DIR):
+            target, new = results_dir / name, build / name
+            old = backup / name if target.exists() else None
+            if old is not None:
+                os.replace(target, old)
+            done.append((target, old))
+            if new.exists():
+                os.replace(new, target)
+    except OSError:
+        for target, old in reversed(done):
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            if old is not None:
+                os.replace(old, target)
+        _write_manifest(results_dir, owned)
+        raise
+    _write_manifest(results_dir, set(files))
+
+
+def _write_manifest(results_dir: Path, files: set[str]) -> None:
+    body = {"written_by": "mqbench leaderboard --publish", "files": sorted(files)}
+    atomic_write(results_dir / MANIFEST, (json.dumps(body, indent=1) + "\n").encode(), overwrite=True)
+
+
+__all__ = ["MANIFEST", "OUTPUTS", "PLOTS_DIR", "Cell", "Section", "Table", "build_page", "plot_accuracy", "publish",
            "render_html", "render_markdown"]
