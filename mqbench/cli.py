@@ -1,7 +1,8 @@
-"""The ``mqbench`` command line: list, plugins, run, analyze, train, leaderboard.
+"""The ``mqbench`` command line: list, plugins, run, analyze, train, leaderboard, store.
 
-Exit codes: 0 success; 1 some cells failed (summary printed); 2 usage error (unknown name, bad
-scheme, unusable results directory); 130 interrupted (every finished cell is stored).
+Exit codes: 0 success; 1 some cells failed (summary printed), or ``store check`` found problems; 2 usage error
+(unknown name, bad scheme or option, unusable or full results directory; one line on stderr); 130 interrupted
+(every finished cell is stored).
 """
 
 from __future__ import annotations
@@ -216,8 +217,8 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
         elif record["status"] == "skipped":
             progress.console.print(f"[yellow]skipped[/] {label}: {term(record['skip_reason'])}")
         else:
-            progress.console.print(f"[red]FAILED[/] {label}: {term(record['error']['type'])}: "
-                                   f"{term(record['error']['message'])}")
+            error = " ".join(f"{record['error']['type']}: {record['error']['message']}".split())
+            progress.console.print(f"[red]FAILED[/] {label}: {term(error)}")
 
     err.print(term(f"suite {suite_name}: {len(cells)} cells; results in {store.root}"))
     try:
@@ -238,8 +239,9 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
         err.print(f"[red]{len(summary.failed)} of {summary.to_run} cells failed:[/]")
         for r in summary.failed:
             c = r["config"]
-            err.print(f"  {c['model']} {c['pipeline']} {c['scheme']} {c['backend']}: {r['error']['type']}: "
-                      f"{r['error']['message']}", markup=False, highlight=False)
+            error = " ".join(f"{r['error']['type']}: {r['error']['message']}".split())
+            err.print(f"  {c['model']} {c['pipeline']} {c['scheme']} {c['backend']}: {error}", markup=False,
+                      highlight=False)
         return 1
     return 0
 

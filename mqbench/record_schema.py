@@ -45,11 +45,12 @@ TIMED = obj({"batch_size": COUNT, "threads": COUNT, "median_ms": NUMBER_OR_NULL,
 LATENCY = obj({"cores": {"type": ["integer", "null"], "minimum": 0}, "deployed": obj(values=TIMED),
                "float": obj(values=TIMED), "speedup": obj(values=NUMBER_OR_NULL),
                "size_bytes": obj(values={"type": ["integer", "null"], "minimum": 0})})
-LAYER_POINT = obj({"layer": STR, "kind": STR, "sqnr_db": NUMBER_OR_NULL, "drop_db": NUMBER_OR_NULL})
+DROP = obj({"layer": STR, "kind": STR, "sqnr_db": NUMBER_OR_NULL, "drop_db": NUMBER}, ("layer", "drop_db"))
+LOCAL = obj({"layer": STR, "kind": STR, "sqnr_db": NUMBER}, ("layer", "kind", "sqnr_db"))
 LAYERWISE = obj({"images": COUNT, "layers": COUNT, "split": STR, "final_sqnr_db": NUMBER_OR_NULL,
                  "final_sqnr_capped": {"type": ["boolean", "null"]}, "slope_db_per_layer": NUMBER_OR_NULL,
-                 "largest_drops": {"type": "array", "items": LAYER_POINT},
-                 "worst_local": {"type": "array", "items": LAYER_POINT},
+                 "largest_drops": {"type": "array", "items": DROP},
+                 "worst_local": {"type": "array", "items": LOCAL},
                  "weight_range_ratio_median_by_kind": obj(values=NUMBER_OR_NULL)})
 STEP = obj({"method": STR, "stage": {"enum": ["transform", "calibrate", "refine"]}, "config": obj()},
            ("method", "stage", "config"))
@@ -176,11 +177,27 @@ def _check_object(value: Any, schema: dict[str, Any], path: str) -> str | None:
     return None
 
 
+def _non_finite(value: Any, path: str = "") -> str | None:
+    """The dotted path of the first NaN or infinity anywhere in ``value`` (declared fields or not), or None."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return path
+    items = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, item in items:
+        found = _non_finite(item, f"{path}.{key}" if path and isinstance(key, str) else
+                            f"{path}[{key}]" if path else str(key))
+        if found is not None:
+            return found
+    return None
+
+
 def problem(data: Any) -> str | None:
     """None when ``data`` is a well-formed record of schema version 1, otherwise the first problem found."""
     found = check(data, RECORD_SCHEMA)
     if found:
         return found
+    where = _non_finite(data)
+    if where is not None:
+        return f"field {where!r} is not a finite number"
     need = STATUS_NEEDS[data["status"]]
     if need not in data:
         return f"a record of status {data['status']!r} needs the field {need!r}"

@@ -35,8 +35,8 @@ class Evaluation:
         if bad:
             raise NonFiniteOutputError(
                 f"non-finite logits (NaN or inf) on {bad} of {self.logits.shape[0]} images in the {self.name} "
-                "evaluation: the model diverged or its weights hold NaN/inf (check the weights file, e.g. a "
-                "BatchNorm with a negative running variance); no accuracy is reported")
+                "evaluation; no accuracy is reported. Check the weights (NaN/inf, a BatchNorm with a negative running "
+                "variance), a diverged training step, or the runtime")
 
 
 class Metric:

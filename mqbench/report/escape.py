@@ -38,8 +38,9 @@ def md_paragraph(text: str) -> str:
 
 
 def md_link(target: str) -> str:
-    """A link target (a relative path) that cannot end the link early: percent-encoded except ``/``."""
-    return quote(target, safe="/#")
+    """A link target (a relative path) that cannot end the link early: spaces, brackets, parentheses, quotes and
+    angle brackets percent-encoded (``/``, ``#``, ``:``, ``+`` and the other URL sub-delimiters kept)."""
+    return quote(target, safe="/#:+@!$&*,;=~")
 
 
 def term(text: object) -> str:

@@ -214,8 +214,9 @@ def _groups(rows: Sequence[dict[str, Any]]) -> dict[tuple[str, str, str], list[d
 
 
 def _provenance_line(records: Sequence[dict[str, Any]]) -> str:
-    machines = sorted({f"{r['provenance']['cpu']['model']} ({r['provenance']['threads']} threads), "
-                       f"torch {r['provenance']['torch']}" for r in newest_per_config(records) if r.get("provenance")})
+    machines = sorted({f"{(r['provenance'].get('cpu') or {}).get('model', '?')} ({r['provenance'].get('threads', '?')} "
+                       f"threads), torch {r['provenance'].get('torch', '?')}"
+                       for r in newest_per_config(records) if r.get("provenance")})
     if not machines:
         return ""
     flag = "" if len(machines) == 1 else " WARNING: records from several machines or library versions are mixed"
