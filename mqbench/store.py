@@ -31,7 +31,6 @@ SCHEMA = "mqbench.record"
 # writes each to ``<results>/attachments/`` first and the record references it by path and sha256.
 ATTACHMENTS_KEY = "_attachments"
 SCHEMA_VERSION = 1
-STATUSES = ("ok", "failed", "skipped")  # see mqbench.record_schema for every field
 
 
 @dataclass
