@@ -52,7 +52,7 @@ from mqbench.plugins import Plugins
 from mqbench.progress import SILENT, Reporter
 from mqbench.quant.integer_sim import UnsupportedOp
 from mqbench.schemes import FP32, QuantScheme, parse_scheme
-from mqbench.store import ATTACHMENTS_KEY, SCHEMA, SCHEMA_VERSION, Store, new_record_id, validate
+from mqbench.store import ATTACHMENTS_KEY, SCHEMA, SCHEMA_VERSION, InvalidRecordError, Store, new_record_id
 from mqbench.suites import Suite
 
 
@@ -691,11 +691,12 @@ def run(cells: Sequence[Cell], store: Store, ws: Workspace, executor: Executor |
     summary = RunSummary(to_run=len(todo), already_stored=len(cells) - len(todo))
     executor = executor or InProcessExecutor()
     for record in ws.reporter.track(executor.map(todo, ws), "cells", total=len(todo)):
-        problem = validate(record)
-        if problem:  # e.g. a metric plugin that returned the wrong types: the cell failed, the sweep goes on
-            record = _failed_as_invalid(record, problem)
         try:
-            store.append(record)
+            try:
+                store.append(record)
+            except InvalidRecordError as exc:  # e.g. a metric plugin returned the wrong types: the cell failed
+                record = _failed_as_invalid(record, exc.problem)
+                store.append(record)
         except OSError as exc:  # disk full, directory gone or read-only: stop, with nothing half-written
             c = record["config"]
             raise ResultsDirError(

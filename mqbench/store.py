@@ -33,6 +33,14 @@ ATTACHMENTS_KEY = "_attachments"
 SCHEMA_VERSION = 1
 
 
+class InvalidRecordError(ValueError):
+    """``Store.append`` refused a record that breaks the record schema; ``problem`` says how."""
+
+    def __init__(self, problem: str) -> None:
+        super().__init__(f"refusing to store an invalid record: {problem}")
+        self.problem = problem
+
+
 @dataclass
 class LoadResult:
     records: list[dict[str, Any]] = field(default_factory=list)
@@ -84,7 +92,7 @@ class Store:
         (:data:`ATTACHMENTS_KEY`) are written first, each atomically, so a stored record's references resolve."""
         problem = validate(record)
         if problem:
-            raise ValueError(f"refusing to store an invalid record: {problem}")
+            raise InvalidRecordError(problem)
         self.records_dir.mkdir(parents=True, exist_ok=True)
         stamp = record["created"].replace(":", "").replace("-", "").split(".")[0]
         name = f"{stamp}-{record['config_hash'][:12]}-{record['record_id'][:8]}.json"

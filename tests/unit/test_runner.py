@@ -267,3 +267,27 @@ def test_a_limit_at_or_above_the_split_size_is_the_whole_split(plugins: Plugins)
 
     assert cell_hash(None) == cell_hash(test_size) == cell_hash(10 * test_size)
     assert cell_hash(test_size - 1) != cell_hash(None)
+
+
+def test_a_record_that_breaks_the_schema_is_stored_as_its_cells_failure(plugins: Plugins, tmp_path: Path) -> None:
+    # A metric plugin that returns the wrong types must fail its cell, not end the sweep with a traceback.
+    cells = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax"], schemes=["w8a8-pt", "w8a8-pc"])
+
+    class BadMetricExecutor:
+        name = "bad-metric"
+
+        def map(self, cells, ws):  # type: ignore[no-untyped-def]
+            for cell in cells:
+                record = runner.new_record(cell, plugins)
+                record.update(metrics={"sim": {"accuracy": "oops"}}, executor={"name": self.name})
+                yield record
+
+    store = Store(tmp_path)
+    summary = runner.run(cells, store, runner.Workspace(plugins), executor=BadMetricExecutor())
+    stored = store.load()
+    assert stored.problems == [] and len(stored.records) == 2
+    for r in stored.records:
+        assert r["status"] == "failed" and "metrics" not in r and r["error"]["type"] == "InvalidRecord"
+        assert r["error"]["message"] == ("the cell's record is invalid: field 'metrics.sim.accuracy' is a str, "
+                                         "expected object")
+    assert len(summary.failed) == 2
