@@ -33,7 +33,8 @@ from mqbench.report.escape import term
 from mqbench.store import Store
 from mqbench.suites import DEFAULT_SUITE
 
-KINDS = ("models", "datasets", "methods", "backends", "suites", "metrics")
+KINDS = ("models", "datasets", "methods", "toolkits", "runtimes", "suites", "metrics")
+KIND_ALIASES = {"backends": "runtimes"}  # the first wave's name of runtimes
 DEFAULT_RESULTS = "results"
 RESULTS_ENV = "MQBENCH_RESULTS"
 
@@ -97,8 +98,13 @@ def _describe(kind: str, item: Any) -> dict[str, Any]:
     elif kind == "methods":
         d.update(stage=item.stage, quantizes=item.quantizes, needs_training=item.needs_training, version=item.version,
                  config=item.default_config().to_dict())
-    elif kind == "backends":
-        d.update(simulation_only=item.simulation_only, version=item.version, unavailable=item.unavailable())
+    elif kind == "runtimes":
+        d.update(deploys=item.deploys, formats=sorted(item.formats), version=item.version,
+                 unavailable=item.unavailable())
+    elif kind == "toolkits":
+        d.update(output_format=item.output_format, version=item.version, unavailable=item.unavailable(),
+                 recipes={name: {"description": r.description, "config": r.config.to_dict()}
+                          for name, r in item.recipes.items()})
     elif kind == "datasets":
         d.update(num_classes=item.num_classes, image_size=item.image_size)
     elif kind == "suites" and item.parts:
@@ -110,11 +116,12 @@ def _describe(kind: str, item: Any) -> dict[str, Any]:
 
 
 def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
-    kinds = [args.kind] if args.kind else list(KINDS)
+    kind_asked = KIND_ALIASES.get(args.kind, args.kind)
+    kinds = [kind_asked] if kind_asked else list(KINDS)
     data = {k: [{**_describe(k, item), "plugin": plugins.registries[k[:-1]].owner(item.name)}
                 for item in plugins.registries[k[:-1]]] for k in kinds}
     if args.json:
-        print(json.dumps(data if args.kind is None else data[args.kind], indent=1, sort_keys=True))
+        print(json.dumps(data if kind_asked is None else data[kind_asked], indent=1, sort_keys=True))
         return 0
     for kind, items in data.items():
         table = Table(title=kind, title_justify="left")
@@ -128,8 +135,13 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
                 extra = f" [{stage}]" + (f" parameters: {params}" if params else "")
             elif kind == "models":
                 extra = f" (weights: {', '.join(item['weights'])})"
-            elif kind == "backends" and item["unavailable"]:
-                extra = f" [unavailable: {item['unavailable']}]"
+            elif kind == "toolkits":
+                recipes = ", ".join(f"{item['name']}:{recipe}" for recipe in item["recipes"])
+                extra = f" (recipes: {recipes}; writes {item['output_format']})"
+            elif kind == "runtimes":
+                extra = f" (runs: {', '.join(item['formats'])})"
+            if kind in ("toolkits", "runtimes") and item["unavailable"]:
+                extra += f" [unavailable: {item['unavailable']}]"
             table.add_row(item["name"], escape(item["description"] + extra), item["plugin"])
         out.print(table)
     return 0
@@ -137,8 +149,8 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
 
 def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
     infos = list(plugins.infos.values())
-    unavailable = {i.name: {name: why for name in i.registered.get("backend", [])
-                            if (why := plugins.backends.get(name).unavailable())} for i in infos}
+    unavailable = {i.name: {name: why for name in i.registered.get("runtime", [])
+                            if (why := plugins.runtimes.get(name).unavailable())} for i in infos}
     if args.json:
         print(json.dumps([{**i.to_dict(), "unavailable_backends": unavailable[i.name]} for i in infos], indent=1,
                          sort_keys=True))
@@ -178,14 +190,18 @@ def _use_data_dir(args: argparse.Namespace) -> None:
 
 
 def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
-    from mqbench import runner
+    from mqbench import harness
 
-    if not (args.all or args.suite or args.model or args.method or args.backend or args.scheme):
-        raise UsageError("nothing to run: give --all (the default suite), --suite S, or --model/--method/"
+    for recipe in args.toolkit or ():
+        if ":" not in recipe.partition("(")[0]:
+            raise UsageError(f"--toolkit {recipe}: write toolkit:recipe, e.g. ort:minmax (see `mqbench list toolkits`)")
+    quantizers = [*(args.method or ()), *(args.toolkit or ())]
+    if not (args.all or args.suite or args.model or quantizers or args.backend or args.scheme):
+        raise UsageError("nothing to run: give --all (the default suite), --suite S, or --model/--method/--toolkit/"
                          "--backend/--scheme to vary the default suite (see `mqbench run --help`)")
     _use_data_dir(args)
     suite = plugins.suites.get(args.suite or DEFAULT_SUITE)
-    cells = runner.expand(plugins, suite, args.model or (), args.method or (), args.backend or (),
+    cells = harness.expand(plugins, suite, args.model or (), quantizers, args.backend or (),
                           args.scheme or (), eval_limit=args.limit, train_budget_s=args.train_budget)
     if args.layerwise is not None:
         cells = [dataclasses.replace(c, layerwise_images=args.layerwise) for c in cells]
@@ -194,7 +210,7 @@ def cmd_run(args: argparse.Namespace, plugins: Plugins) -> int:
 
 def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cells: Sequence[Any],
                print_table: bool) -> int:
-    from mqbench import runner
+    from mqbench import harness
 
     executor = _executor(args)
     store = Store(_results_dir(args))
@@ -204,7 +220,7 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
         timing = None if args.no_latency else LatencySettings(min_runs=args.latency_runs, min_time_s=args.latency_time)
     except ValueError as exc:
         raise UsageError(f"--latency-runs / --latency-time: {exc}") from None
-    ws = runner.Workspace(plugins, Reporter(progress), batch_size=args.batch_size, latency=timing)
+    ws = harness.Workspace(plugins, Reporter(progress), batch_size=args.batch_size, latency=timing)
 
     def report(record: dict[str, Any]) -> None:
         c = record["config"]
@@ -223,7 +239,7 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
     err.print(term(f"suite {suite_name}: {len(cells)} cells; results in {store.root}"))
     try:
         with progress:
-            summary = runner.run(cells, store, ws, executor, force=args.force, on_record=report)
+            summary = harness.run(cells, store, ws, executor, force=args.force, on_record=report)
     except KeyboardInterrupt:
         err.print("[yellow]interrupted[/]: every finished cell is stored; run the same command again to do "
                   "only the missing cells")
@@ -248,7 +264,7 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
 
 def _executor(args: argparse.Namespace) -> Any:
     """The executor ``mqbench run`` asked for; Ray options without ``--executor ray`` are a usage error."""
-    from mqbench import runner
+    from mqbench import harness
 
     if getattr(args, "executor", "in-process") != "ray":
         given = [opt for opt, value, default in (("--address", getattr(args, "address", None), None),
@@ -258,10 +274,9 @@ def _executor(args: argparse.Namespace) -> Any:
                  if value != default]
         if given:
             raise UsageError(f"{', '.join(given)} only apply to --executor ray")
-        return runner.InProcessExecutor()
-    from mqbench.ray_executor import RayExecutor, RayExecutorConfig
-
-    return RayExecutor(RayExecutorConfig(args.address, args.cpus_per_cell, args.gpus_per_cell, args.max_retries))
+        return harness.EXECUTORS[getattr(args, "executor", "in-process")]({})
+    return harness.EXECUTORS["ray"]({"address": args.address, "cpus_per_cell": args.cpus_per_cell,
+                                     "gpus_per_cell": args.gpus_per_cell, "max_retries": args.max_retries})
 
 
 def _suite_for(plugins: Plugins, model: str) -> str:
@@ -276,11 +291,11 @@ def _suite_for(plugins: Plugins, model: str) -> str:
 
 
 def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
-    from mqbench import runner
+    from mqbench import harness
 
     _use_data_dir(args)
     suite = plugins.suites.get(args.suite or _suite_for(plugins, args.model[0]))
-    cells = runner.expand(plugins, suite, args.model, args.method or (), args.backend or ("simulated",),
+    cells = harness.expand(plugins, suite, args.model, args.method or (), args.backend or ("simulated",),
                           args.scheme or (), eval_limit=args.limit)
     cells = [dataclasses.replace(c, layerwise_images=args.images) for c in cells]
     args.no_latency, args.latency_runs, args.latency_time = True, 20, 2.0
@@ -289,7 +304,7 @@ def cmd_analyze(args: argparse.Namespace, plugins: Plugins) -> int:
         return code
     store = Store(_results_dir(args))
     loaded = store.load()
-    wanted = {runner.config_hash(runner.cell_config(c, plugins)) for c in cells}
+    wanted = {harness.config_hash(harness.cell_config(c, plugins)) for c in cells}
     records = [r for r in layerwise_report.analysed(loaded.records) if r["config_hash"] in wanted]
     newest = {r["config_hash"]: r for r in loaded.records if r["config_hash"] in wanted}
     for r in newest.values():
@@ -437,9 +452,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mqbench {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("list", help="list registered models, datasets, methods, backends, suites, metrics",
+    p = sub.add_parser("list", help="list registered models, datasets, methods, toolkits, runtimes, suites, metrics",
                        description="List what the loaded plugins registered.")
-    p.add_argument("kind", nargs="?", choices=KINDS, help="only this kind")
+    p.add_argument("kind", nargs="?", choices=(*KINDS, *KIND_ALIASES), help="only this kind ('backends' is "
+                   "'runtimes')")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     p.set_defaults(func=cmd_list)
 
@@ -451,19 +467,27 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser(
         "run", help="run the cells of a suite and store one record per cell",
-        description="Expand a suite into cells (model x pipeline x backend x scheme x seed), run the cells "
-        "that are not stored yet, write one record per cell atomically, and print the leaderboard. "
-        "--model/--method/--backend/--scheme replace that dimension of the suite (repeat to give several).",
+        description="Expand a suite into cells (model x quantizer x runtime x scheme x seed; a quantizer is an "
+        "mqbench pipeline or a toolkit recipe), run the cells that are not stored yet, write one record per cell "
+        "atomically, and print the leaderboard. --model/--method (--toolkit)/--backend/--scheme replace that "
+        "dimension of the suite (repeat to give several).",
         epilog="Examples: mqbench run --all;  mqbench run --model quick_cnn --method minmax --scheme w4a8-pc;  "
-        "mqbench run --suite quick --limit 200 --results /tmp/r")
+        "mqbench run --suite quick --limit 200 --results /tmp/r;  "
+        "mqbench run --suite imagenet --model mobilenet_v2:tf2ptq --toolkit ort:minmax --backend ort-qdq --scheme w8a8-pc")
     p.add_argument("--all", action="store_true", help=f"run the whole default suite ({DEFAULT_SUITE})")
     p.add_argument("--suite", metavar="S", help=f"suite to run (default {DEFAULT_SUITE}; see `mqbench list suites`)")
     p.add_argument("--model", action="append", metavar="M", help="model, or model:weights (repeatable)")
     p.add_argument("--method", action="append", metavar="P",
-                   help="pipeline (repeatable): method names joined by '+', each optionally with parameters, e.g. "
-                   "'cle+mse+bias_correction', 'percentile(percentile=99.9)' (quote it for the shell); "
-                   "`mqbench list methods` shows every parameter and default")
-    p.add_argument("--backend", action="append", metavar="B", help="backend (repeatable)")
+                   help="quantizer (repeatable): a pipeline of method names joined by '+', each optionally with "
+                   "parameters, e.g. 'cle+mse+bias_correction', 'percentile(percentile=99.9)' (quote it for the "
+                   "shell; `mqbench list methods` shows every parameter and default), or a toolkit recipe such as "
+                   "'ort:minmax'")
+    p.add_argument("--toolkit", action="append", metavar="T:R",
+                   help="a toolkit's recipe as the quantizer (repeatable), e.g. ort:minmax, torch.ao:default: another "
+                   "project's own quantizer on the same weights and images (`mqbench list toolkits`)")
+    p.add_argument("--backend", "--runtime", dest="backend", action="append", metavar="B",
+                   help="runtime that executes the cell (repeatable; `mqbench list runtimes`): simulated, ort-qdq, "
+                   "torch-x86, ...; a quantizer's output it cannot run is a skipped cell with the reason")
     p.add_argument("--scheme", action="append", metavar="S", help="scheme such as w8a8-pt, w8a8-pc, w4a8 (repeatable)")
     p.add_argument("--results", metavar="DIR", help=f"results directory (default ${RESULTS_ENV} or ./{DEFAULT_RESULTS})")
     p.add_argument("--data-dir", metavar="DIR", help=f"real data folder holding imagenet/ and cifar10/ (default "
@@ -485,7 +509,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency: at least N timed calls per setting, after 3 warm-up calls, 3 to 100000 (default 20)")
     p.add_argument("--latency-time", type=float_in(0.0, MAX_TIME_S), default=2.0, metavar="S",
                    help=f"latency: and at least S seconds of timed calls per setting, 0 to {MAX_TIME_S:g} (default 2)")
-    p.add_argument("--executor", choices=("in-process", "ray"), default="in-process",
+    p.add_argument("--executor", choices=("in-process", "ray"), default="in-process",  # harness.EXECUTORS
                    help="where cells run: in this process, one after another (default), or as Ray tasks on a local "
                         "Ray instance or, with --address, an existing cluster (needs: pip install 'mqbench[ray]'); "
                         "records are written here either way")
@@ -517,8 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", action="append", required=True, metavar="M", help="model or model:weights (repeatable)")
     p.add_argument("--method", action="append", metavar="P", help="pipeline (repeatable; default: the suite's)")
     p.add_argument("--scheme", action="append", metavar="S", help="scheme (repeatable; default: the suite's)")
-    p.add_argument("--backend", action="append", metavar="B",
-                   help="backend whose quantizer placement is analysed (repeatable; default simulated: no deployment)")
+    p.add_argument("--backend", "--runtime", dest="backend", action="append", metavar="B",
+                   help="runtime whose quantizer placement is analysed (repeatable; default simulated: no deployment)")
     p.add_argument("--images", type=IMAGES, default=128, metavar="N",
                    help="analyse on the first N evaluation images (default 128)")
     p.add_argument("--suite", metavar="S", help="suite giving the dataset and data sizes (default: the first suite "

@@ -11,6 +11,12 @@ class NonFiniteOutputError(MqbenchError):
     """A model produced NaN or inf where a number was needed (its cell fails; no figure is reported)."""
 
 
+class UnsupportedArtifact(MqbenchError, ValueError):
+    """A runtime cannot express this artifact in its own form (e.g. ONNX Runtime cannot fuse a QDQ group into a
+    QLinear operator): raised from ``Runtime.load`` or the loaded model's first call, the cell is stored as
+    skipped with the message as its reason."""
+
+
 class UsageError(MqbenchError):
     """Bad input from the user: a name, an option, a scheme string. The CLI exits 2."""
 

@@ -17,13 +17,14 @@ from typing import TYPE_CHECKING
 from mqbench import hookspec
 
 if TYPE_CHECKING:
-    from mqbench.backends import Backend
+    from mqbench.backends import Runtime
     from mqbench.data import DatasetSpec
     from mqbench.methods import Method
     from mqbench.metrics import Metric
     from mqbench.models import ModelSpec
     from mqbench.registry import Registry
     from mqbench.suites import Suite
+    from mqbench.toolkits import Toolkit
 
 
 @hookspec
@@ -58,18 +59,39 @@ def mqbench_register_methods(register: Registry[Method]) -> None:
 
 
 @hookspec
-def mqbench_register_backends(register: Registry[Backend]) -> None:
-    """Register deployment backends: call ``register(backend)`` with a
-    :class:`mqbench.backends.Backend` instance. A backend says which schemes it can run, places the
-    quantizers where its runtime quantizes (``prepare``) and turns a calibrated QuantSim into its
-    executable (``convert``). Called once when plugins load; the return value is ignored.
+def mqbench_register_runtimes(register: Registry[Runtime]) -> None:
+    """Register runtimes (a cell's ``--backend``): call ``register(runtime)`` with a
+    :class:`mqbench.backends.Runtime` instance. A runtime declares the artifact formats it runs (``formats``:
+    ``float``, ``quantsim``, ``onnx-qdq``, ...) and the schemes it can run (``check_scheme``), says where it
+    quantizes (``placement``, for the QuantSim an mqbench pipeline calibrates for it), loads an artifact into
+    something callable (``load``), and names its version, engine and packages for provenance (``info``,
+    ``packages``). Called once when plugins load; the return value is ignored.
+    """
+
+
+@hookspec
+def mqbench_register_backends(register: Registry[Runtime]) -> None:
+    """The first wave's name of :func:`mqbench_register_runtimes`: ``register(runtime)`` adds a runtime to the
+    same registry. Kept so plugins written for it keep working; new plugins implement
+    ``mqbench_register_runtimes``. Called once when plugins load; the return value is ignored.
+    """
+
+
+@hookspec
+def mqbench_register_toolkits(register: Registry[Toolkit]) -> None:
+    """Register toolkits: call ``register(toolkit)`` with a :class:`mqbench.toolkits.Toolkit` instance. A
+    toolkit is another project's quantizer run as it is: it names its recipes (each a frozen, versioned
+    :class:`mqbench.toolkits.RecipeConfig`; a cell's quantizer ``toolkit:recipe``), quantizes the float model on
+    the cell's calibration images with its own API (``quantize``) and hands on an artifact of the format it
+    names (``output_format``) to whichever runtime runs that format. Called once when plugins load; the return
+    value is ignored.
     """
 
 
 @hookspec
 def mqbench_register_suites(register: Registry[Suite]) -> None:
-    """Register suites: call ``register(Suite(...))`` with a named grid of models x pipelines x
-    backends x schemes x seeds on one dataset, or a composite ``Suite(name, description, parts=(...))``
+    """Register suites: call ``register(Suite(...))`` with a named grid of models x quantizers (pipelines or
+    toolkit recipes) x runtimes x schemes x seeds on one dataset, or a composite ``Suite(name, description, parts=(...))``
     whose cells are the union of its parts' (grids on different datasets, as the ``papers`` suite).
     Called once when plugins load; the return value is ignored.
     """

@@ -24,7 +24,7 @@ from typing import Any
 import pluggy
 
 from mqbench import PROJECT_NAME, __version__, hookspecs
-from mqbench.backends import Backend
+from mqbench.backends import Runtime
 from mqbench.data import DatasetSpec
 from mqbench.errors import RegistrationError
 from mqbench.methods import Method
@@ -32,6 +32,7 @@ from mqbench.metrics import Metric
 from mqbench.models import ModelSpec
 from mqbench.registry import Registry
 from mqbench.suites import Suite
+from mqbench.toolkits import Toolkit
 
 ENTRY_POINT_GROUP = "mqbench"
 DISABLE_ENV = "MQBENCH_DISABLE_PLUGINS"
@@ -54,11 +55,11 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.methods.qat",
     "mqbench.methods.adaround",
     "mqbench.backends.simulated",
-    "mqbench.backends.ort_int8",
-    "mqbench.backends.torch_int8",
+    "mqbench.backends.ort.runtime",
+    "mqbench.backends.torch_ao.runtime",
     "mqbench.backends.null",
-    "mqbench.backends.ort_default",
-    "mqbench.backends.torch_default",
+    "mqbench.backends.ort.toolkit",
+    "mqbench.backends.torch_ao.toolkit",
     "mqbench.metrics.accuracy",
     "mqbench.suites",
 )
@@ -68,7 +69,9 @@ REGISTRATION_HOOKS: dict[str, tuple[str, type]] = {
     "mqbench_register_models": ("model", ModelSpec),
     "mqbench_register_datasets": ("dataset", DatasetSpec),
     "mqbench_register_methods": ("method", Method),
-    "mqbench_register_backends": ("backend", Backend),
+    "mqbench_register_runtimes": ("runtime", Runtime),
+    "mqbench_register_backends": ("runtime", Runtime),  # the first wave's name of the same hook
+    "mqbench_register_toolkits": ("toolkit", Toolkit),
     "mqbench_register_suites": ("suite", Suite),
     "mqbench_register_metrics": ("metric", Metric),
 }
@@ -200,8 +203,14 @@ class Plugins:
         return self.registries["method"]
 
     @property
-    def backends(self) -> Registry[Backend]:
-        return self.registries["backend"]
+    def runtimes(self) -> Registry[Runtime]:
+        return self.registries["runtime"]
+
+    backends = runtimes  # the first wave's name
+
+    @property
+    def toolkits(self) -> Registry[Toolkit]:
+        return self.registries["toolkit"]
 
     @property
     def suites(self) -> Registry[Suite]:
@@ -212,6 +221,7 @@ class Plugins:
         return self.registries["metric"]
 
     def plugin_of(self, kind: str, name: str) -> PluginInfo:
+        kind = {"backend": "runtime"}.get(kind, kind)  # the first wave's name of runtimes
         return self.infos[self.registries[kind].owner(name)]
 
 

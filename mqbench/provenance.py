@@ -6,6 +6,7 @@ import functools
 import platform
 import subprocess
 import sys
+from collections.abc import Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -55,7 +56,10 @@ def cpu_info() -> dict[str, Any]:
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
-def collect() -> dict[str, Any]:
+def collect(packages: Sequence[str] = ("onnxruntime",)) -> dict[str, Any]:
+    """What every record carries about where it ran; ``packages``: the distributions the registered runtimes and
+    toolkits declare (their versions go under ``packages``; ``onnxruntime`` is also kept at the top level, where
+    the first wave's records have it)."""
     return {
         "mqbench": __version__,
         "git": git_info(),
@@ -64,6 +68,7 @@ def collect() -> dict[str, Any]:
         "torch": torch.__version__,
         "numpy": _version("numpy"),
         "onnxruntime": _version("onnxruntime"),
+        "packages": {name: _version(name) for name in sorted(set(packages))},
         "pluggy": _version("pluggy"),
         "cpu": cpu_info(),
         "threads": torch.get_num_threads(),

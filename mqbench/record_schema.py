@@ -14,6 +14,8 @@ per-image outcomes agree. Numbers must be finite (JSON has no NaN; Python's ``js
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import re
 from typing import Any
@@ -57,12 +59,14 @@ STEP = obj({"method": STR, "stage": {"enum": ["transform", "calibrate", "refine"
 CONFIG = obj({"model": STR, "weights": STR, "dataset": STR, "pipeline": STR, "backend": STR, "scheme": STR,
               "seed": INT, "calib_size": {"type": ["integer", "null"], "minimum": 1},
               "eval_limit": {"type": ["integer", "null"], "minimum": 1}, "steps": {"type": "array", "items": STEP},
+              "quantizer": obj({"toolkit": STR, "recipe": STR, "config": obj()}, ("toolkit", "recipe", "config")),
               "train_budget_s": NUMBER_OR_NULL},
              ("model", "weights", "dataset", "pipeline", "backend", "scheme", "seed"))
 PLUGIN_REF = obj({"name": STR, "plugin": STR, "distribution": STR_OR_NULL, "plugin_version": STR_OR_NULL})
 SPLIT_INFO = obj({"split": STR, "size": COUNT, "fingerprint": STR})
 CPU = obj({"model": STR, "machine": STR, "isa": {"type": "array", "items": STR}})
-PROVENANCE = obj({"mqbench": STR, "torch": STR, "onnxruntime": STR_OR_NULL, "threads": {"type": ["integer", "null"]},
+PROVENANCE = obj({"mqbench": STR, "torch": STR, "onnxruntime": STR_OR_NULL, "packages": obj(values=STR_OR_NULL),
+                  "threads": {"type": ["integer", "null"]},
                   "cpu": CPU, "git": obj({"commit": STR_OR_NULL, "dirty": {"type": ["boolean", "null"]}})})
 ERROR = obj({"type": STR, "message": STR, "traceback": STR, "attempts": COUNT}, ("type", "message"))
 ATTACHMENT = obj({"path": {"type": "string", "minLength": 1}, "sha256": STR, "bytes": COUNT}, ("path", "sha256"))
@@ -227,4 +231,9 @@ def _accuracy_problem(acc: dict[str, Any], path: str) -> str | None:
     return None
 
 
-__all__ = ["RECORD_SCHEMA", "STATUS_NEEDS", "check", "problem"]
+__all__ = ["RECORD_SCHEMA", "STATUS_NEEDS", "check", "config_hash", "problem"]
+
+
+def config_hash(config: dict[str, Any]) -> str:
+    """The sha256 of a cell's config (canonical JSON): the key under which its records are found."""
+    return hashlib.sha256(json.dumps(config, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -25,6 +25,7 @@ from typing import Any
 from mqbench import __version__, record_schema
 from mqbench.errors import ResultsDirError
 from mqbench.fsutil import atomic_write
+from mqbench.record_migrations import migrate
 
 SCHEMA = "mqbench.record"
 # A record dict may carry large per-cell data under this key (name -> JSON-serialisable object): ``append``
@@ -133,6 +134,7 @@ class Store:
             if problem:
                 out.problems.append((path, problem))
                 continue
+            data = migrate(data)  # a first-wave record read in today's shape (the file is unchanged)
             data["_path"] = str(path)
             out.records.append(data)
         out.records.sort(key=lambda r: (r["created"], r["record_id"]))

@@ -86,7 +86,7 @@ PAPERS = Suite(
               dataset="imagenet", models=("mobilenet_v2:qat",), pipelines=("minmax",), backends=("simulated",),
               schemes=("w8a8-pt-asym",), calib_size=512),
         Suite(name="papers-imagenet-tools", description="the field's tool in Finkelstein et al.'s setting",
-              dataset="imagenet", models=("mobilenet_v2:tf2ptq",), pipelines=("minmax",), backends=("ort-default",),
+              dataset="imagenet", models=("mobilenet_v2:tf2ptq",), pipelines=("ort:minmax",), backends=("ort-qdq",),
               schemes=("w8a8-pt",), calib_size=512),
         Suite(name="papers-cifar10-sheng", description="Sheng et al.: MobileNetV1 and its quantization-friendly variant",
               dataset="cifar10", models=("mobilenet_v1_cifar:mqbench-tf-x0.5", "qf_mobilenet_v1_cifar:mqbench-x0.5"),

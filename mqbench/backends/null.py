@@ -6,7 +6,7 @@ time is what the harness itself spends (batching the decoded images, the evaluat
 logits) and its ``latency`` figures are the cost of one call through the harness. Compare them with an
 int8 backend's cell on the same model and data: ``mqbench run --backend null --backend ort-qdq ...``.
 Its accuracy is that of a constant prediction (class 0), by design. Quantizers are placed and calibrated
-as for the simulated backend, so every pipeline runs.
+as for the simulated runtime, so every pipeline runs.
 """
 
 from __future__ import annotations
@@ -17,10 +17,8 @@ import torch
 from torch import nn
 
 from mqbench import hookimpl
-from mqbench.backends import Backend, Deployed
-from mqbench.quant.qsim import Placement, QuantSim
+from mqbench.backends import Artifact, Deployed, Runtime
 from mqbench.registry import Registry
-from mqbench.schemes import QuantScheme
 
 
 def output_classes(model: nn.Module) -> int:
@@ -54,18 +52,12 @@ class PrecomputedLogits:
         return 0
 
 
-class Null(Backend):
+class Null(Runtime):
     name = "null"
     description = "no computation: returns precomputed logits, to measure the harness's own overhead"
 
-    def prepare(self, model: nn.Module, scheme: QuantScheme) -> QuantSim:
-        return QuantSim.from_float(model, scheme, Placement())
-
-    def convert(self, qsim: QuantSim) -> Deployed:
-        return PrecomputedLogits(output_classes(qsim))
-
-    def deploy_float(self, model: nn.Module) -> Deployed:
-        return PrecomputedLogits(output_classes(model))
+    def load(self, artifact: Artifact) -> Deployed:
+        return PrecomputedLogits(output_classes(artifact.payload))  # the float model or the QuantSim
 
     def info(self) -> dict[str, Any]:
         # harness_only: the leaderboard leaves this row out of the "best of the scheme" comparisons.
@@ -73,5 +65,5 @@ class Null(Backend):
 
 
 @hookimpl
-def mqbench_register_backends(register: Registry[Backend]) -> None:
+def mqbench_register_runtimes(register: Registry[Runtime]) -> None:
     register(Null())

@@ -94,14 +94,7 @@ class Method:
 
     def make_config(self, overrides: dict[str, Any]) -> MethodConfig:
         """The default config with ``overrides`` (from ``name(key=value, ...)``); ValueError on a bad key or value."""
-        fields = {f.name: f for f in dataclasses.fields(self.config_type)}
-        unknown = sorted(set(overrides) - set(fields))
-        if unknown:
-            known = ", ".join(fields) or "none"
-            raise ValueError(f"method {self.name} has no parameter {unknown[0]!r} (parameters: {known})")
-        hints = typing.get_type_hints(self.config_type)
-        values = {key: _checked(self.name, key, hints.get(key), value) for key, value in overrides.items()}
-        return self.config_type(**values)
+        return self.config_type(**checked_overrides(f"method {self.name}", self.config_type, overrides))
 
     def calibrates(self, config: MethodConfig) -> frozenset[str]:
         """The tensors (``weights``, ``activations``) whose ranges this step sets; calibrate steps only."""
@@ -128,12 +121,24 @@ class Method:
 _TYPE_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a word"}
 
 
-def _checked(method: str, key: str, expected: Any, value: Any) -> Any:
+def checked_overrides(owner: str, config_type: type, overrides: dict[str, Any]) -> dict[str, Any]:
+    """``overrides`` of the fields of ``config_type`` (a config dataclass) checked against the fields' declared
+    types (ints are accepted for floats); ValueError naming ``owner`` and the parameter otherwise."""
+    fields = {f.name: f for f in dataclasses.fields(config_type)}
+    unknown = sorted(set(overrides) - set(fields))
+    if unknown:
+        known = ", ".join(fields) or "none"
+        raise ValueError(f"{owner} has no parameter {unknown[0]!r} (parameters: {known})")
+    hints = typing.get_type_hints(config_type)
+    return {key: _checked(owner, key, hints.get(key), value) for key, value in overrides.items()}
+
+
+def _checked(owner: str, key: str, expected: Any, value: Any) -> Any:
     """``value`` if it has the parameter's declared type (ints are accepted for floats); else ValueError."""
     if expected is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     if expected in _TYPE_WORDS and (not isinstance(value, expected) or (expected is int and isinstance(value, bool))):
-        raise ValueError(f"parameter {key!r} of method {method} must be {_TYPE_WORDS[expected]}, got {value!r}")
+        raise ValueError(f"parameter {key!r} of {owner} must be {_TYPE_WORDS[expected]}, got {value!r}")
     return value
 
 
@@ -190,5 +195,15 @@ class RangeEstimator(Method):
                                   ctx.reporter)
 
 
-__all__ = ["STAGE_ORDER", "TENSORS", "Method", "MethodConfig", "NoConfig", "RangeConfig", "RangeEstimator", "Stage",
-           "StepContext"]
+__all__ = [
+    "STAGE_ORDER",
+    "TENSORS",
+    "Method",
+    "MethodConfig",
+    "NoConfig",
+    "RangeConfig",
+    "RangeEstimator",
+    "Stage",
+    "StepContext",
+    "checked_overrides",
+]

@@ -126,7 +126,7 @@ def quantized_bias(bias: torch.Tensor | None, weight_quantizer: Quantizer,
     0.4% of a layer's output codes if the simulation kept the float bias. PyTorch's quantized kernels take
     a float bias instead: their backends place quantizers with ``Placement(int32_bias=False)``.
     """
-    if torch.onnx.is_in_onnx_export():  # the ONNX export writes the int32 bias itself (backends.ort_int8)
+    if torch.onnx.is_in_onnx_export():  # the ONNX export writes the int32 bias itself (backends.ort.export)
         return bias
     q_in = input_quantizer() if input_quantizer is not None else None
     if (bias is None or q_in is None or q_in.mode != "quantize" or weight_quantizer.mode != "quantize"

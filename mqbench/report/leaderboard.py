@@ -52,13 +52,16 @@ def _accuracy(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None
 
 def environment(record: dict[str, Any]) -> str:
     """What a record's figures depend on beyond its config: the machine (CPU, ISA flags, threads) and the library
-    versions. Rows of different environments are never compared with each other (no delta, no significance)."""
+    versions (torch, and each package a registered runtime or toolkit declares, so results of two versions of a
+    runtime never share a table). Rows of different environments are never compared with each other (no delta, no
+    significance)."""
     prov = record.get("provenance") or {}
     cpu = prov.get("cpu") or {}
     isa = ",".join(cpu.get("isa") or []) or "?"
+    packages = prov.get("packages") or {"onnxruntime": prov.get("onnxruntime")}  # the first wave knew only this one
+    runtimes = ", ".join(f"{name} {version or '?'}" for name, version in sorted(packages.items()))
     return (f"{cpu.get('model', '?')} {cpu.get('machine', '')} [{isa}], {prov.get('threads', '?')} threads; "
-            f"torch {prov.get('torch', '?')}, onnxruntime {prov.get('onnxruntime', '?')}, "
-            f"mqbench {prov.get('mqbench', '?')}").replace("  ", " ")
+            f"torch {prov.get('torch', '?')}, {runtimes}, mqbench {prov.get('mqbench', '?')}").replace("  ", " ")
 
 
 def _group_key(row: dict[str, Any]) -> tuple[Any, ...]:

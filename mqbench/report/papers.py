@@ -122,7 +122,7 @@ _FINKELSTEIN_TOOLS = (
     Row("MobileNetV2 after quantization-aware training, 8-bit per-tensor re-gridded to symmetric int8 weights", "", "",
         Measure("imagenet", "mobilenet_v2:qat", "minmax", "w8a8-pt")),
     Row("MobileNetV2, ONNX Runtime's quantize_static (MinMax), 8-bit per-tensor", "", "reference: the field's tool",
-        Measure("imagenet", "mobilenet_v2:tf2ptq", "minmax", "w8a8-pt", backend="ort-default")),
+        Measure("imagenet", "mobilenet_v2:tf2ptq", "ort:minmax", "w8a8-pt", backend="ort-qdq")),
 )
 
 

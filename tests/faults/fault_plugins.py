@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from mqbench import hookimpl
-from mqbench.backends.ort_int8 import OrtQDQ
+from mqbench.backends.ort.runtime import OrtQDQ
 from mqbench.methods.minmax import MinMax
 from mqbench.models import FileWeights, ModelSpec
 from tests.fake_plugins import Tiny
@@ -56,8 +56,8 @@ class HalfNaNRuntime(OrtQDQ):
     name = "half-nan-runtime"
     description = "ort-qdq whose deployed logits are NaN on every other image (tests)"
 
-    def convert(self, qsim):  # type: ignore[no-untyped-def]
-        deployed = super().convert(qsim)
+    def load_quantsim(self, qsim):  # type: ignore[no-untyped-def]
+        deployed = super().load_quantsim(qsim)
 
         def run(x: torch.Tensor) -> torch.Tensor:
             out = deployed(x).clone()
@@ -71,7 +71,7 @@ class HalfNaNRuntime(OrtQDQ):
 
 
 @hookimpl
-def mqbench_register_backends(register):  # type: ignore[no-untyped-def]
+def mqbench_register_runtimes(register):  # type: ignore[no-untyped-def]
     register(HalfNaNRuntime())
 
 

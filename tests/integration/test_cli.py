@@ -215,9 +215,9 @@ def test_plugins_and_list_report_a_backend_whose_runtime_is_missing(tmp_path: Pa
     assert plugins.returncode == 0, plugins.stderr
     by_name = {p["name"]: p for p in json.loads(plugins.stdout)}
     missing = "onnxruntime is not installed (pip install onnxruntime)"
-    assert by_name["mqbench.backends.ort_int8"]["unavailable_backends"] == {"ort-qdq": missing, "ort-qoperator": missing}
-    assert by_name["mqbench.backends.ort_default"]["unavailable_backends"] == {"ort-default": missing}
-    assert by_name["mqbench.backends.torch_int8"]["unavailable_backends"] == {}
+    assert by_name["mqbench.backends.ort.runtime"]["unavailable_backends"] == {"ort-qdq": missing, "ort-qoperator": missing}
+    assert by_name["mqbench.backends.ort.toolkit"]["unavailable_backends"] == {"ort-default": missing}
+    assert by_name["mqbench.backends.torch_ao.runtime"]["unavailable_backends"] == {}
     listed = mqbench("list", "backends", "--json", env=env)
     assert {b["name"]: b["unavailable"] for b in json.loads(listed.stdout)}["ort-qdq"].startswith("onnxruntime is not")
     run = mqbench("run", "--model", "quick_cnn", "--method", "minmax", "--backend", "ort-qdq", "--scheme", "w8a8-pc",

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from mqbench import runner
+from mqbench import harness
 from mqbench.plugins import BUILTIN_PLUGINS, Plugins
 from mqbench.store import Store
 from mqbench.suites import QUICK
@@ -51,7 +51,7 @@ def local_ray(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
 
 
 def _ray_executor(**kwargs: Any) -> Any:
-    from mqbench.ray_executor import RayExecutor, RayExecutorConfig
+    from mqbench.harness.ray_executor import RayExecutor, RayExecutorConfig
 
     return RayExecutor(RayExecutorConfig(**kwargs))
 
@@ -64,12 +64,12 @@ def test_quick_sweep_through_ray_equals_in_process_and_resumes(local_ray: Path, 
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     import ray
 
-    cells = runner.expand(plugins, QUICK)
-    local = runner.run(cells, Store(tmp_path / "local"), runner.Workspace(plugins))
+    cells = harness.expand(plugins, QUICK)
+    local = harness.run(cells, Store(tmp_path / "local"), harness.Workspace(plugins))
     ray_store = Store(tmp_path / "ray")
     put, shared = ray.put, []
     monkeypatch.setattr(ray, "put", lambda value: shared.append(type(value).__name__) or put(value))
-    via_ray = runner.run(cells, ray_store, runner.Workspace(plugins), _ray_executor())
+    via_ray = harness.run(cells, ray_store, harness.Workspace(plugins), _ray_executor())
     # Each input put into the object store once for the 9 cells: 3 models' weights, the calibration and test splits.
     assert sorted(shared) == ["ResolvedWeights"] * 3 + ["Split"] * 2
     assert via_ray.to_run == len(cells) == 9 and not via_ray.failed
@@ -86,7 +86,7 @@ def test_quick_sweep_through_ray_equals_in_process_and_resumes(local_ray: Path, 
     stored = ray_store.load()
     assert not stored.problems and sorted(r["record_id"] for r in stored.records) == sorted(
         r["record_id"] for r in via_ray.records)
-    again = runner.run(cells, ray_store, runner.Workspace(plugins), _ray_executor())
+    again = harness.run(cells, ray_store, harness.Workspace(plugins), _ray_executor())
     assert again.to_run == 0 and again.already_stored == 9 and len(ray_store.load().records) == 9
 
 
@@ -103,13 +103,13 @@ def _kill_when_written(pid_file: Path, killed: list[int], timeout: float = 240) 
 
 def test_a_worker_killed_mid_task_is_retried_without_losing_or_duplicating_records(
         local_ray: Path, plugins: Plugins, tmp_path: Path) -> None:
-    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["killed_once+minmax", "minmax"],
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["killed_once+minmax", "minmax"],
                           schemes=["w8a8-pt"], eval_limit=200)
     killed: list[int] = []
     killer = threading.Thread(target=_kill_when_written, args=(local_ray / "killed_once.pid", killed))
     killer.start()
     store = Store(tmp_path / "results")
-    summary = runner.run(cells, store, runner.Workspace(plugins), _ray_executor(max_retries=2))
+    summary = harness.run(cells, store, harness.Workspace(plugins), _ray_executor(max_retries=2))
     killer.join()
     assert len(killed) == 1  # the first attempt was killed (SIGKILL) while its cell was running
     with pytest.raises(ProcessLookupError):
@@ -123,10 +123,10 @@ def test_a_worker_killed_mid_task_is_retried_without_losing_or_duplicating_recor
 
 def test_a_cell_whose_worker_always_dies_is_stored_as_failed_and_the_sweep_goes_on(
         local_ray: Path, plugins: Plugins, tmp_path: Path) -> None:
-    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["always_killed+minmax", "minmax"],
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["always_killed+minmax", "minmax"],
                           schemes=["w8a8-pt"], eval_limit=200)
     store = Store(tmp_path / "results")
-    summary = runner.run(cells, store, runner.Workspace(plugins), _ray_executor(max_retries=1))
+    summary = harness.run(cells, store, harness.Workspace(plugins), _ray_executor(max_retries=1))
     attempts = (local_ray / "always_killed.attempts").read_text().split()
     assert len(attempts) == 2 and len(set(attempts)) == 2  # tried twice, each time in a new worker process
     by = {r["config"]["pipeline"]: r for r in store.load().records}
@@ -134,9 +134,9 @@ def test_a_cell_whose_worker_always_dies_is_stored_as_failed_and_the_sweep_goes_
     failed = by["always_killed+minmax"]
     assert failed["status"] == "failed" and failed["error"]["attempts"] == 2
     assert "Worker" in failed["error"]["type"] or "worker" in failed["error"]["message"].lower(), failed["error"]
-    assert failed["config_hash"] == runner.config_hash(runner.cell_config(cells[0], plugins))
+    assert failed["config_hash"] == harness.config_hash(harness.cell_config(cells[0], plugins))
     assert [r["config"]["pipeline"] for r in summary.failed] == ["always_killed+minmax"]
-    again = runner.run(cells, store, runner.Workspace(plugins), _ray_executor(max_retries=0))
+    again = harness.run(cells, store, harness.Workspace(plugins), _ray_executor(max_retries=0))
     assert again.to_run == 1  # resume retries the failed cell only
 
 
@@ -144,11 +144,11 @@ def test_a_cell_no_node_can_host_is_a_usage_error_not_a_hang(local_ray: Path, pl
                                                               tmp_path: Path) -> None:
     from mqbench.errors import UsageError
 
-    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax"], schemes=["w8a8-pt"])
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["minmax"], schemes=["w8a8-pt"])
     for kwargs, message in (({"cpus_per_cell": 64}, "--cpus-per-cell 64: no node"),
                             ({"gpus_per_cell": 1}, "--gpus-per-cell 1: no node")):
         with pytest.raises(UsageError, match=message):
-            runner.run(cells, Store(tmp_path / "results"), runner.Workspace(plugins), _ray_executor(**kwargs))
+            harness.run(cells, Store(tmp_path / "results"), harness.Workspace(plugins), _ray_executor(**kwargs))
     assert not Store(tmp_path / "results").load().records
 
 

@@ -121,13 +121,13 @@ def test_the_integer_simulation_predicts_onnx_runtime_on_every_image(model: str,
     images with the suite's 512 calibration images: 100.00% top-1 agreement, where fake quantization agrees on
     98.46% (V2) and 99.15% (V1); README, "simulation against real kernels")."""
     pytest.importorskip("onnxruntime")
-    from mqbench.backends.ort_int8 import OrtQDQ, cpu_isa
+    from mqbench.backends.ort import mlas
+    from mqbench.backends.ort.integer_sim import IntegerSimulation
+    from mqbench.backends.ort.runtime import OrtQDQ, cpu_isa
     from mqbench.data.paths import DATA_ENV
+    from mqbench.harness import Workspace
     from mqbench.plugins import get_plugins
-    from mqbench.quant import mlas
     from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
-    from mqbench.quant.integer_sim import IntegerSimulation
-    from mqbench.runner import Workspace
     from mqbench.schemes import parse_scheme
 
     if mlas.supported_isa(cpu_isa()) is not None:
@@ -137,11 +137,11 @@ def test_the_integer_simulation_predicts_onnx_runtime_on_every_image(model: str,
     preprocess = ws.plugins.models.get(model).get_weights(weights).preprocess
     float_model, _ = ws.float_model(model, weights)
     backend = OrtQDQ(threads=2)
-    qsim = backend.prepare(float_model, parse_scheme("w8a8-pc"))
+    qsim = backend.quantsim(float_model, parse_scheme("w8a8-pc"))
     calibrate_weights(qsim, minmax_observer)
     calibrate_activations(qsim, ws.split("imagenet", "calib", 128, preprocess), minmax_observer)
     qsim.eval()
-    deployed, exact = backend.convert(qsim), IntegerSimulation(qsim)
+    deployed, exact = backend.deploy(qsim), IntegerSimulation(qsim)
     for images, _ in ws.split("imagenet", "test", 128, preprocess).batches(64):
         assert torch.equal(exact(images), deployed(images))
 

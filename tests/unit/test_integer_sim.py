@@ -10,16 +10,17 @@ import pytest
 import torch
 from torch import nn
 
-from mqbench import runner
-from mqbench.backends.ort_int8 import OnnxModel, OrtQDQ, cpu_isa, export_qdq, integer_op_summary
+from mqbench import harness
+from mqbench.backends.ort import mlas
+from mqbench.backends.ort.export import export_qdq
+from mqbench.backends.ort.integer_sim import IntegerSimulation, UnsupportedOp
+from mqbench.backends.ort.runtime import OnnxModel, OrtQDQ, cpu_isa, integer_op_summary
 from mqbench.data.synthetic import generate
 from mqbench.methods.cle import CLEConfig, cross_layer_equalize
 from mqbench.models.builtin import quick_mobilenet_v1, quick_mobilenet_v2
 from mqbench.models.layers import Conv2dSame
 from mqbench.plugins import get_plugins
-from mqbench.quant import mlas
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
-from mqbench.quant.integer_sim import IntegerSimulation, UnsupportedOp
 from mqbench.quant.qsim import Placement, QuantSim
 from mqbench.schemes import parse_scheme
 from mqbench.suites import QUICK
@@ -47,7 +48,7 @@ class SamePaddedResidual(nn.Module):
 
 def _calibrated(model: nn.Module, scheme: str) -> tuple[QuantSim, torch.Tensor]:
     calib = generate(0, "calib", 64)
-    qsim = OrtQDQ().prepare(model, parse_scheme(scheme))
+    qsim = OrtQDQ().quantsim(model, parse_scheme(scheme))
     calibrate_weights(qsim, minmax_observer)
     calibrate_activations(qsim, calib, minmax_observer)
     return qsim.eval(), calib.normalize(generate(0, "test", 64).images)
@@ -127,11 +128,11 @@ def test_a_cell_whose_graph_the_integer_simulation_cannot_model_still_measures_t
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path))
     plugins = get_plugins()
-    cell = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax"], backends=["ort-qdq"],
+    cell = harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["minmax"], runtimes=["ort-qdq"],
                          schemes=["w8a8-pc"], eval_limit=16)[0]
-    ws = runner.Workspace(plugins, latency=None)
+    ws = harness.Workspace(plugins, latency=None)
     monkeypatch.setattr(ws, "float_model", lambda model, weights: (Gated().eval(), {"source": "test"}))
-    record = runner.run_cell(cell, ws)
+    record = harness.run_cell(cell, ws)
     assert record["status"] == "ok", record.get("error")
     assert "sigmoid" in record["integer_sim_unavailable"] and "deployed" in record["metrics"]
     assert "agreement_integer_sim" not in record and record["agreement"]["images"] == 16

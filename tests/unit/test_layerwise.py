@@ -206,7 +206,8 @@ def test_store_writes_attachments_first_and_verifies_them(tmp_path: Path) -> Non
 
 
 def test_a_stored_cell_answers_an_analysis_request_only_with_enough_analysed_images() -> None:
-    from mqbench.runner import Cell, _satisfied
+    from mqbench.harness import Cell
+    from mqbench.harness import satisfied as _satisfied
 
     cell = Cell("m", "w", "d", "minmax", "simulated", "w8a8-pt", layerwise_images=128)
     plain = {"status": "ok", "qparams_summary": {}}

@@ -1,4 +1,4 @@
-"""mqbench.quant.mlas reproduces ONNX Runtime's x86 integer kernels bit for bit: each function against the
+"""mqbench.backends.ort.mlas reproduces ONNX Runtime's x86 integer kernels bit for bit: each function against the
 operator run by onnxruntime on the same codes and qparams (single-operator graphs), for random qparams."""
 
 from __future__ import annotations
@@ -11,8 +11,8 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from mqbench.backends.ort_int8 import cpu_isa
-from mqbench.quant import mlas
+from mqbench.backends.ort import mlas
+from mqbench.backends.ort.runtime import cpu_isa
 
 ort = pytest.importorskip("onnxruntime")
 pytestmark = pytest.mark.skipif(

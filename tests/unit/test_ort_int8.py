@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from mqbench.backends.ort_int8 import OnnxModel, OrtQDQ, export_qdq, integer_op_summary
+from mqbench.backends.ort.export import export_qdq
+from mqbench.backends.ort.runtime import OnnxModel, OrtQDQ, integer_op_summary
 from mqbench.data.synthetic import generate
 from mqbench.metrics.accuracy import agreement
 from mqbench.models.builtin import quick_mobilenet_v1
@@ -116,7 +117,7 @@ def test_schemes_the_runtime_cannot_run_are_refused(scheme: str, reason: str) ->
 def test_qoperator_form_holds_only_qlinear_operators_and_runs_the_same_kernels_as_qdq() -> None:
     import onnx
 
-    from mqbench.backends.ort_int8 import to_qoperator
+    from mqbench.backends.ort.export import to_qoperator
 
     torch.manual_seed(0)
     qsim, x = _calibrated(_trained_like(quick_mobilenet_v1(10)), "w8a8-pc")
@@ -143,17 +144,19 @@ def test_qoperator_form_holds_only_qlinear_operators_and_runs_the_same_kernels_a
         to_qoperator(broken)
 
 
-def test_ort_default_quantizes_with_onnxruntimes_own_tool_on_the_calibration_images() -> None:
-    from mqbench.backends.ort_default import OrtDefault
+def test_the_ort_toolkit_quantizes_with_onnxruntimes_own_tool_on_the_calibration_images() -> None:
+    from mqbench.backends.ort.toolkit import OrtToolkit
     from mqbench.progress import SILENT
 
     torch.manual_seed(0)
     model = _trained_like(quick_mobilenet_v1(10))
     calib = generate(0, "calib", 64)
-    backend = OrtDefault(threads=1)
-    assert backend.check_pipeline("entropy") is None and "not the pipeline 'mse'" in str(backend.check_pipeline("mse"))
-    assert "w8a8" in str(backend.check_scheme(parse_scheme("w4a8-pc")))
-    deployed = backend.quantize(model, parse_scheme("w8a8-pc"), calib, "minmax", SILENT)
+    toolkit = OrtToolkit()
+    assert sorted(toolkit.recipes) == ["entropy", "minmax"]
+    assert "w8a8" in str(toolkit.check_scheme(parse_scheme("w4a8-pc"), toolkit.recipe("minmax").config))
+    artifact = toolkit.quantize(model, parse_scheme("w8a8-pc"), calib, toolkit.recipe("minmax").config, SILENT)
+    assert artifact.format == "onnx-qdq" and OrtQDQ().check_format(artifact.format) is None
+    deployed = OrtQDQ(threads=1).load(artifact)
     x = calib.normalize(calib.images)
     out = deployed(x)
     summary = deployed.deployment_info()["3x32x32"]

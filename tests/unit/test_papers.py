@@ -89,15 +89,15 @@ def test_measurements_come_from_the_committed_records_and_their_analyses() -> No
 def test_every_figure_of_ours_is_a_cell_of_the_papers_suite() -> None:
     """What the Papers section reads is what `mqbench run --suite papers` runs (same canonical pipeline text)."""
     from mqbench.errors import UsageError
+    from mqbench.harness import expand
     from mqbench.plugins import Plugins
-    from mqbench.runner import expand
 
     plugins = Plugins(entry_points=False, disable=set())
     try:
         cells = expand(plugins, plugins.suites.get("papers"))
     except UsageError as exc:  # the real data folder is absent (a user's fresh clone)
         pytest.skip(f"the papers suite needs the real data: {exc}")
-    runnable = {Measure(c.dataset, f"{c.model}:{c.weights}", c.pipeline, c.scheme, "top1", c.backend) for c in cells}
+    runnable = {Measure(c.dataset, f"{c.model}:{c.weights}", c.quantizer, c.scheme, "top1", c.runtime) for c in cells}
     for paper in PAPERS:
         for row in paper.rows:
             as_top1 = Measure(row.ours.dataset, row.ours.model, row.ours.pipeline, row.ours.scheme, "top1",

@@ -13,6 +13,7 @@ from torch import nn
 
 from mqbench.data import Split
 from mqbench.data.synthetic import generate
+from mqbench.harness import Workspace
 from mqbench.methods import StepContext
 from mqbench.methods.msqe import MSQE, MSQEConfig
 from mqbench.methods.qat import (
@@ -28,7 +29,6 @@ from mqbench.methods.qat import (
 from mqbench.plugins import Plugins
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import Quantizer, QuantSim
-from mqbench.runner import Workspace
 from mqbench.schemes import parse_scheme
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from mqbench import runner
+from mqbench import harness
 from mqbench.data import Split
 from mqbench.errors import UsageError
 from mqbench.methods import StepContext
@@ -108,11 +108,11 @@ def test_a_training_budget_stops_the_fine_tuning_at_an_epoch_boundary() -> None:
 
 
 def test_fp32_combines_with_transform_steps_only(plugins: Plugins) -> None:
-    steps = runner.parse_pipeline("qf_sepconv(epochs=1)+fp32", plugins)
-    assert [s.name for s in steps] == ["qf_sepconv", "fp32"] and runner.needs_training(steps) == ["qf_sepconv"]
+    steps = harness.parse_pipeline("qf_sepconv(epochs=1)+fp32", plugins)
+    assert [s.name for s in steps] == ["qf_sepconv", "fp32"] and harness.Pipeline(tuple(steps)).trainers() == ["qf_sepconv"]
     for bad in ("fp32+minmax", "qf_sepconv+fp32+minmax"):
         with pytest.raises(UsageError, match="can only be combined with transform steps"):
-            runner.parse_pipeline(bad, plugins)
+            harness.parse_pipeline(bad, plugins)
 
 
 def test_the_runner_supplies_the_train_split_and_budget_and_one_sweep_trains_once(
@@ -121,18 +121,18 @@ def test_the_runner_supplies_the_train_split_and_budget_and_one_sweep_trains_onc
     pipelines = ["qf_sepconv(epochs=1,train_limit=256,channels_last=false)+fp32",
                  "qf_sepconv(epochs=1,train_limit=256,channels_last=false)+minmax", "minmax",
                  "minmax+lsq_qat(crop_padding=0,train_limit=128)"]
-    cells = runner.expand(plugins, QUICK, models=["tiny_test_mobilenet_v1"], pipelines=pipelines,
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_mobilenet_v1"], quantizers=pipelines,
                           schemes=["w8a8-pt"], eval_limit=64, train_budget_s=600)
     assert [(c.scheme, c.train_budget_s) for c in cells] == [("fp32", 600), ("w8a8-pt", 600), ("w8a8-pt", None),
                                                              ("w8a8-pt", 600)]
-    assert "train_budget_s" in runner.cell_config(cells[0], plugins)
-    assert "train_budget_s" not in runner.cell_config(cells[2], plugins)  # a cell that does not train keeps its hash
-    ws = runner.Workspace(plugins)
+    assert "train_budget_s" in harness.cell_config(cells[0], plugins)
+    assert "train_budget_s" not in harness.cell_config(cells[2], plugins)  # a cell that does not train keeps its hash
+    ws = harness.Workspace(plugins)
     assert [k[1] for k in ws.split_keys(cells[0])] == ["calib", "test", "train"]
     assert [k[1] for k in ws.split_keys(cells[2])] == ["calib", "test"]
-    summary = runner.run(cells, Store(tmp_path / "results"), ws)
+    summary = harness.run(cells, Store(tmp_path / "results"), ws)
     records = {r["config"]["pipeline"]: r for r in summary.records}
-    float_rec, quant_rec = records[cells[0].pipeline], records[cells[1].pipeline]
+    float_rec, quant_rec = records[cells[0].quantizer], records[cells[1].quantizer]
     assert float_rec["status"] == quant_rec["status"] == "ok"
     first, second = float_rec["training"]["qf_sepconv"], quant_rec["training"]["qf_sepconv"]
     assert first["epochs"] == 1 and first["train_images"] == 256 and first["time_budget_s"] == 600
@@ -141,14 +141,14 @@ def test_the_runner_supplies_the_train_split_and_budget_and_one_sweep_trains_onc
     assert "transform:qf_sepconv" in float_rec["timings_s"] and "transform:qf_sepconv" not in quant_rec["timings_s"]
     assert float_rec["data"]["train"]["size"] > 256  # the split supplied; the step used its first 256 images
     assert "training" not in records["minmax"] and "train" not in records["minmax"]["data"]
-    qat = records[cells[3].pipeline]  # a refine step that trains: its cost is in the record too
+    qat = records[cells[3].quantizer]  # a refine step that trains: its cost is in the record too
     assert qat["status"] == "ok" and qat["training"]["lsq_qat"]["images_seen"] == 128
     # The leaderboard counts the reused fine-tuning in the cost of the cell that reused it.
     method_s = {r["pipeline"]: r["method_s"] for r in leaderboard.rows_from_records(summary.records)}
-    assert method_s[cells[1].pipeline] >= round(first["seconds"], 1)
+    assert method_s[cells[1].quantizer] >= round(first["seconds"], 1)
 
 
 def test_a_training_budget_must_be_positive(plugins: Plugins) -> None:
     with pytest.raises(UsageError, match="training budget must be a positive"):
-        runner.expand(plugins, QUICK, models=["tiny_test_mobilenet_v1"], pipelines=["qf_sepconv+fp32"],
+        harness.expand(plugins, QUICK, models=["tiny_test_mobilenet_v1"], quantizers=["qf_sepconv+fp32"],
                       train_budget_s=0)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import pytest
 
-from mqbench import runner
+from mqbench import harness
 from mqbench.errors import UnknownNameError, UsageError
 from mqbench.metrics.latency import LatencySettings
 from mqbench.plugins import BUILTIN_PLUGINS, Plugins
@@ -22,17 +23,17 @@ def plugins() -> Plugins:
 
 
 def test_quick_suite_expands_to_nine_cells(plugins: Plugins) -> None:
-    cells = runner.expand(plugins, QUICK)
+    cells = harness.expand(plugins, QUICK)
     assert len(cells) == 9
-    assert {(c.pipeline, c.scheme) for c in cells} == {("fp32", "fp32"), ("minmax", "w8a8-pt"), ("minmax", "w8a8-pc")}
-    hashes = {runner.config_hash(runner.cell_config(c, plugins)) for c in cells}
+    assert {(c.quantizer, c.scheme) for c in cells} == {("fp32", "fp32"), ("minmax", "w8a8-pt"), ("minmax", "w8a8-pc")}
+    hashes = {harness.config_hash(harness.cell_config(c, plugins)) for c in cells}
     assert len(hashes) == 9
 
 
 def test_overrides_replace_a_dimension_and_canonicalise(plugins: Plugins) -> None:
-    cells = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax"], schemes=["w8a8", "w8a8-pt", "w4a8"])
+    cells = harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["minmax"], schemes=["w8a8", "w8a8-pt", "w4a8"])
     assert [(c.model, c.scheme) for c in cells] == [("quick_cnn", "w8a8-pt"), ("quick_cnn", "w4a8-pt")]
-    assert runner.expand(plugins, QUICK, models=["quick_cnn"], eval_limit=50)[0].eval_limit == 50
+    assert harness.expand(plugins, QUICK, models=["quick_cnn"], eval_limit=50)[0].eval_limit == 50
 
 
 def test_a_composite_suite_is_the_union_of_its_parts_under_its_own_name(plugins: Plugins) -> None:
@@ -40,20 +41,20 @@ def test_a_composite_suite_is_the_union_of_its_parts_under_its_own_name(plugins:
     part_b = Suite("b", "", "synthetic", ("quick_mobilenet_v1", "quick_cnn"), ("minmax",), ("simulated",),
                    ("w8a8-pc", "w8a8-pt"), calib_size=64)
     both = Suite("both", "", parts=(part_a, part_b))
-    cells = runner.expand(plugins, both)
+    cells = harness.expand(plugins, both)
     assert {c.suite for c in cells} == {"both"}
-    assert [(c.model, c.pipeline, c.scheme, c.calib_size) for c in cells] == [
+    assert [(c.model, c.quantizer, c.scheme, c.calib_size) for c in cells] == [
         ("quick_cnn", "fp32", "fp32", 256), ("quick_cnn", "minmax", "w8a8-pt", 256),
         ("quick_mobilenet_v1", "minmax", "w8a8-pc", 64), ("quick_mobilenet_v1", "minmax", "w8a8-pt", 64),
         ("quick_cnn", "minmax", "w8a8-pc", 64), ("quick_cnn", "minmax", "w8a8-pt", 64)]
     # --model narrows each part to its own models that match; the other dimensions replace every part's.
-    only = runner.expand(plugins, both, models=["quick_mobilenet_v1"], pipelines=["minmax"], schemes=["w8a8-pt"])
+    only = harness.expand(plugins, both, models=["quick_mobilenet_v1"], quantizers=["minmax"], schemes=["w8a8-pt"])
     assert [(c.model, c.calib_size) for c in only] == [("quick_mobilenet_v1", 64)]
-    assert len(runner.expand(plugins, both, models=["quick_cnn"])) == 4
+    assert len(harness.expand(plugins, both, models=["quick_cnn"])) == 4
     with pytest.raises(UsageError, match="no cells of quick_mobilenet_v2; its models: quick_cnn, quick_mobilenet_v1"):
-        runner.expand(plugins, both, models=["quick_mobilenet_v2"])
+        harness.expand(plugins, both, models=["quick_mobilenet_v2"])
     with pytest.raises(UnknownNameError):
-        runner.expand(plugins, both, models=["no_such_model"])
+        harness.expand(plugins, both, models=["no_such_model"])
     with pytest.raises(ValueError, match="composite suite"):
         Suite("bad", "", "synthetic", parts=(part_a,))
     with pytest.raises(ValueError, match="needs a dataset"):
@@ -62,8 +63,8 @@ def test_a_composite_suite_is_the_union_of_its_parts_under_its_own_name(plugins:
 
 def test_config_hash_is_stable_and_sensitive() -> None:
     a = {"model": "m", "scheme": "w8a8-pt", "eval_limit": None}
-    assert runner.config_hash(a) == runner.config_hash(dict(reversed(a.items())))
-    assert runner.config_hash(a) != runner.config_hash({**a, "eval_limit": 100})
+    assert harness.config_hash(a) == harness.config_hash(dict(reversed(a.items())))
+    assert harness.config_hash(a) != harness.config_hash({**a, "eval_limit": 100})
 
 
 @pytest.mark.parametrize(("pipeline", "message"), [
@@ -81,55 +82,55 @@ def test_config_hash_is_stable_and_sensitive() -> None:
 ])
 def test_impossible_pipelines_are_rejected(plugins: Plugins, pipeline: str, message: str) -> None:
     with pytest.raises(UsageError, match=message):
-        runner.parse_pipeline(pipeline, plugins)
+        harness.parse_pipeline(pipeline, plugins)
 
 
 def test_step_parameters_parse_and_canonicalise(plugins: Plugins) -> None:
-    steps = runner.parse_pipeline("cle + percentile( percentile=99.9 ,targets=all)+bias_correction", plugins)
-    assert runner.pipeline_name(steps) == "cle+percentile(percentile=99.9)+bias_correction"
+    steps = harness.parse_pipeline("cle + percentile( percentile=99.9 ,targets=all)+bias_correction", plugins)
+    assert harness.pipeline_name(steps) == "cle+percentile(percentile=99.9)+bias_correction"
     assert steps[1].config.percentile == 99.9  # type: ignore[attr-defined]
-    split = runner.parse_pipeline("mse(targets=activations)+minmax(targets=weights)", plugins)
-    assert runner.pipeline_name(split) == "minmax(targets=weights)+mse(targets=activations)"  # weight ranges first
-    cells = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["percentile(percentile=99.9)"],
+    split = harness.parse_pipeline("mse(targets=activations)+minmax(targets=weights)", plugins)
+    assert harness.pipeline_name(split) == "minmax(targets=weights)+mse(targets=activations)"  # weight ranges first
+    cells = harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["percentile(percentile=99.9)"],
                           schemes=["w8a8"])
-    config = runner.cell_config(cells[0], plugins)
+    config = harness.cell_config(cells[0], plugins)
     assert config["steps"][0]["config"]["percentile"] == 99.9
-    default = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["percentile"], schemes=["w8a8"])
-    assert runner.config_hash(config) != runner.config_hash(runner.cell_config(default[0], plugins))
+    default = harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["percentile"], schemes=["w8a8"])
+    assert harness.config_hash(config) != harness.config_hash(harness.cell_config(default[0], plugins))
 
 
 def test_scheme_conflicts_fail_before_any_work(plugins: Plugins) -> None:
     with pytest.raises(UsageError, match="does not calibrate activations, which scheme w8a8-pt quantizes"):
-        runner.expand(plugins, QUICK, pipelines=["minmax(targets=weights)"], schemes=["w8a8"])
-    assert runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax(targets=weights)"], schemes=["w4"])
+        harness.expand(plugins, QUICK, quantizers=["minmax(targets=weights)"], schemes=["w8a8"])
+    assert harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["minmax(targets=weights)"], schemes=["w4"])
     # Power-of-two scales to a method without them, and the reverse; asymmetric weights to hardware-friendly ones.
     for pipeline, scheme, message in (("minmax+lsq", "w4-pow2", "lsq learns real-valued scales"),
                                       ("minmax+tqt", "w4-pc", "tqt learns power-of-two scales"),
                                       ("msqe", "w4-asym", "msqe chooses symmetric"),
                                       ("msqe", "w4a8", "does not calibrate activations")):
         with pytest.raises(UsageError, match=message):
-            runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=[pipeline], schemes=[scheme])
-    assert runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["msqe+tqt"], schemes=["w4-pow2"])
-    assert runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["msqe+mse(targets=activations)+lsq"],
+            harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=[pipeline], schemes=[scheme])
+    assert harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["msqe+tqt"], schemes=["w4-pow2"])
+    assert harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["msqe+mse(targets=activations)+lsq"],
                          schemes=["w4a8-pc"])
 
 
 def test_unknown_names_fail_before_any_work(plugins: Plugins) -> None:
     with pytest.raises(UnknownNameError, match="did you mean 'quick_cnn'"):
-        runner.expand(plugins, QUICK, models=["quick_cn"])
+        harness.expand(plugins, QUICK, models=["quick_cn"])
     with pytest.raises(UnknownNameError, match="did you mean 'minmax'"):
-        runner.expand(plugins, QUICK, pipelines=["minmx"])
+        harness.expand(plugins, QUICK, quantizers=["minmx"])
     with pytest.raises(UnknownNameError, match="did you mean 'simulated'"):
-        runner.expand(plugins, QUICK, backends=["simulate"])
+        harness.expand(plugins, QUICK, runtimes=["simulate"])
 
 
 def test_cells_run_fail_and_skip_into_records(plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
-    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["fp32", "minmax", "boom"],
-                          backends=["picky"], schemes=["w8a8-pt", "w8a8-pc"], eval_limit=300)
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["fp32", "minmax", "boom"],
+                          runtimes=["picky"], schemes=["w8a8-pt", "w8a8-pc"], eval_limit=300)
     store = Store(tmp_path / "results")
-    ws = runner.Workspace(plugins)
-    summary = runner.run(cells, store, ws)
+    ws = harness.Workspace(plugins)
+    summary = harness.run(cells, store, ws)
     by = {(r["config"]["pipeline"], r["config"]["scheme"]): r for r in summary.records}
     assert by[("fp32", "fp32")]["status"] == "ok"
     ok = by[("minmax", "w8a8-pt")]
@@ -146,7 +147,7 @@ def test_cells_run_fail_and_skip_into_records(plugins: Plugins, tmp_path: Path, 
     assert by[("boom", "w8a8-pc")]["status"] == "skipped"  # the backend refuses before the method runs
     assert [r["config"]["pipeline"] for r in summary.failed] == ["boom"]
     # Resume: ok and skipped cells are not rerun, the failed cell is retried.
-    again = runner.run(cells, store, ws)
+    again = harness.run(cells, store, ws)
     assert again.already_stored == 4
     assert [(r["config"]["pipeline"], r["config"]["scheme"]) for r in again.records] == [("boom", "w8a8-pt")]
 
@@ -155,11 +156,11 @@ def test_real_kernel_cells_store_agreement_and_the_kernels_that_ran(plugins: Plu
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
-    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax"],
-                          backends=["ort-qdq", "torch-x86", "null"], schemes=["w8a8-pc", "w4a8-pc"], eval_limit=200)
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["minmax"],
+                          runtimes=["ort-qdq", "torch-x86", "null"], schemes=["w8a8-pc", "w4a8-pc"], eval_limit=200)
     fast = LatencySettings(min_runs=3, min_time_s=0.0, warmup_runs=1)
     store = Store(tmp_path / "results")
-    summary = runner.run(cells, store, runner.Workspace(plugins, latency=fast))
+    summary = harness.run(cells, store, harness.Workspace(plugins, latency=fast))
     by = {(r["config"]["backend"], r["config"]["scheme"]): r for r in summary.records}
     for backend in ("ort-qdq", "torch-x86"):
         ok = by[(backend, "w8a8-pc")]
@@ -187,39 +188,60 @@ def test_real_kernel_cells_store_agreement_and_the_kernels_that_ran(plugins: Plu
     sizes = by[("ort-qdq", "w8a8-pc")]["latency"]["size_bytes"]
     assert sizes["deployed"] > 0 and sizes["float"] > 0  # the serialised ONNX models (a tiny net: mostly graph)
     null = by[("null", "w8a8-pc")]  # the harness on its own: constant class-0 predictions
-    labels = [int(y) for _, ys in runner.Workspace(plugins).split("synthetic", "test", 200).batches(200) for y in ys]
+    labels = [int(y) for _, ys in harness.Workspace(plugins).split("synthetic", "test", 200).batches(200) for y in ys]
     assert null["metrics"]["deployed"]["accuracy"]["top1"]["correct"] == labels.count(0)
     rows = {r["backend"]: r for r in leaderboard.rows_from_records(store.load().records) if r["scheme"] == "w8a8-pc"}
     assert rows["null"]["p_vs_best"] is None and not rows["null"]["best_in_scheme"]  # not ranked with real rows
     assert rows["ort-qdq"]["ips_b32_tall"] > 0 and rows["ort-qdq"]["size_bytes"] == sizes["deployed"]
 
 
-def test_peer_rows_calibrate_with_the_runtimes_own_tool_and_skip_pipelines_it_lacks(
+def test_a_toolkit_recipe_quantizes_with_its_own_tool_and_runs_where_its_format_runs(
         plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     pytest.importorskip("onnxruntime")
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
-    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax", "mse"],
-                          backends=["ort-default"], schemes=["w8a8-pc"], eval_limit=100)
-    by = {r["config"]["pipeline"]: r for r in runner.run(cells, Store(tmp_path / "results"),
-                                                         runner.Workspace(plugins)).records}
-    ok = by["minmax"]
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["ort:minmax"],
+                           runtimes=["ort-qdq", "ort-qoperator", "simulated"], schemes=["w8a8-pc", "w4a8"],
+                           eval_limit=100)
+    by = {(r["config"]["backend"], r["config"]["scheme"]): r
+          for r in harness.run(cells, Store(tmp_path / "results"), harness.Workspace(plugins)).records}
+    ok = by[("ort-qdq", "w8a8-pc")]
     assert ok["status"] == "ok", ok.get("error")
     assert set(ok["metrics"]) == {"deployed"} and "agreement" not in ok  # no QuantSim, nothing simulated
-    assert ok["timings_s"]["calibrate:ort-default"] > 0 and "prepare" not in ok["timings_s"]
-    assert ok["plugins"]["backend"]["info"]["tool"] == "onnxruntime.quantization.quantize_static"
-    assert by["mse"]["status"] == "skipped"
-    assert by["mse"]["skip_reason"].startswith("backend ort-default cannot run the pipeline mse: ")
+    assert ok["timings_s"]["calibrate:ort"] > 0 and "prepare" not in ok["timings_s"]
+    assert ok["plugins"]["toolkit"]["info"]["tool"] == "onnxruntime.quantization.quantize_static"
+    assert ok["config"]["quantizer"] == {"toolkit": "ort", "recipe": "minmax",
+                                         "config": {"version": 1, "calibrate_method": "MinMax", "calib_batch": 32}}
+    assert ok["artifact"]["format"] == "onnx-qdq"
+    assert by[("simulated", "w8a8-pc")]["skip_reason"] == (
+        "backend simulated cannot run ort:minmax's onnx-qdq artifact: it runs float, quantsim artifacts, not onnx-qdq")
+    assert by[("ort-qoperator", "w8a8-pc")]["status"] == "skipped"
+    low_bit = next(r for (runtime, scheme), r in by.items() if runtime == "ort-qdq" and scheme.startswith("w4a8"))
+    assert low_bit["skip_reason"].startswith("backend ort-qdq cannot run w4a8")
+
+
+def test_a_toolkit_recipe_is_checked_before_any_work(plugins: Plugins) -> None:
+    for text, message in (("ort:mse", "toolkit ort has no recipe 'mse'; its recipes: entropy, minmax"),
+                          ("ort:minmax(calib_batch=0)", "calib_batch must be at least 1, got 0"),
+                          ("ort:minmax(bins=3)", "ort:minmax has no parameter 'bins'"),
+                          ("ort:", "malformed toolkit recipe")):
+        with pytest.raises(UsageError, match=re.escape(message)):
+            harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=[text], runtimes=["ort-qdq"],
+                           schemes=["w8a8-pc"])
+    with pytest.raises(UsageError, match=re.escape("'ort-default' is now the toolkit recipe ort:minmax")):
+        harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["minmax"], runtimes=["ort-default"])
+    recipe = harness.parse_quantizer("ort:entropy(calib_batch=16)", plugins)
+    assert recipe.name == "ort:entropy(calib_batch=16)"  # the canonical text names only what differs
 
 
 def test_a_backend_whose_runtime_is_missing_is_reported_and_its_cells_skipped(
         plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from mqbench.backends import ort_int8
+    from mqbench.backends.ort import runtime as ort_int8
 
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(ort_int8, "_missing_runtime", lambda: "onnxruntime is not installed (pip install onnxruntime)")
-    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["minmax"], backends=["ort-qdq"],
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["minmax"], runtimes=["ort-qdq"],
                           schemes=["w8a8-pc"], eval_limit=50)
-    record = runner.run(cells, Store(tmp_path / "results"), runner.Workspace(plugins)).records[0]
+    record = harness.run(cells, Store(tmp_path / "results"), harness.Workspace(plugins)).records[0]
     assert record["status"] == "skipped"
     assert record["skip_reason"] == ("backend ort-qdq is unavailable: onnxruntime is not installed "
                                      "(pip install onnxruntime)")
@@ -228,10 +250,10 @@ def test_a_backend_whose_runtime_is_missing_is_reported_and_its_cells_skipped(
 def test_a_cell_reporting_nan_is_stored_as_failed_not_lost(plugins: Plugins, tmp_path: Path,
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
-    cells = runner.expand(plugins, QUICK, models=["tiny_test_cnn"], pipelines=["nan_notes", "minmax"],
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["nan_notes", "minmax"],
                           schemes=["w8a8-pt"], eval_limit=50)
     store = Store(tmp_path / "results")
-    summary = runner.run(cells, store, runner.Workspace(plugins))
+    summary = harness.run(cells, store, harness.Workspace(plugins))
     by = {r["config"]["pipeline"]: r for r in summary.records}
     assert by["minmax"]["status"] == "ok"  # the run went on
     failed = by["nan_notes"]
@@ -247,12 +269,12 @@ def test_the_same_calibrate_steps_in_another_order_are_one_cell(plugins: Plugins
     # Issue 23, defect 10: the written order of calibrate steps made two cells (two hashes) of the same work.
     orders = ["mse(targets=activations)+minmax(targets=weights)", "minmax(targets=weights)+mse(targets=activations)",
               "cle+mse(targets=activations)+minmax(targets=weights)+bias_correction"]
-    cells = [runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=[p], schemes=["w8a8"])[0] for p in orders]
-    hashes = [runner.config_hash(runner.cell_config(c, plugins)) for c in cells]
+    cells = [harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=[p], schemes=["w8a8"])[0] for p in orders]
+    hashes = [harness.config_hash(harness.cell_config(c, plugins)) for c in cells]
     assert hashes[0] == hashes[1] and hashes[2] not in hashes[:2]
-    assert cells[0].pipeline == cells[1].pipeline == "minmax(targets=weights)+mse(targets=activations)"
+    assert cells[0].quantizer == cells[1].quantizer == "minmax(targets=weights)+mse(targets=activations)"
     # transform and refine steps keep the order they were written in
-    assert cells[2].pipeline == "cle+minmax(targets=weights)+mse(targets=activations)+bias_correction"
+    assert cells[2].quantizer == "cle+minmax(targets=weights)+mse(targets=activations)+bias_correction"
 
 
 def test_a_limit_at_or_above_the_split_size_is_the_whole_split(plugins: Plugins) -> None:
@@ -261,9 +283,9 @@ def test_a_limit_at_or_above_the_split_size_is_the_whole_split(plugins: Plugins)
     assert test_size == 2000
 
     def cell_hash(limit: int | None) -> str:
-        cell = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax"], schemes=["w8a8"],
+        cell = harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["minmax"], schemes=["w8a8"],
                              eval_limit=limit)[0]
-        return runner.config_hash(runner.cell_config(cell, plugins))
+        return harness.config_hash(harness.cell_config(cell, plugins))
 
     assert cell_hash(None) == cell_hash(test_size) == cell_hash(10 * test_size)
     assert cell_hash(test_size - 1) != cell_hash(None)
@@ -271,19 +293,19 @@ def test_a_limit_at_or_above_the_split_size_is_the_whole_split(plugins: Plugins)
 
 def test_a_record_that_breaks_the_schema_is_stored_as_its_cells_failure(plugins: Plugins, tmp_path: Path) -> None:
     # A metric plugin that returns the wrong types must fail its cell, not end the sweep with a traceback.
-    cells = runner.expand(plugins, QUICK, models=["quick_cnn"], pipelines=["minmax"], schemes=["w8a8-pt", "w8a8-pc"])
+    cells = harness.expand(plugins, QUICK, models=["quick_cnn"], quantizers=["minmax"], schemes=["w8a8-pt", "w8a8-pc"])
 
     class BadMetricExecutor:
         name = "bad-metric"
 
         def map(self, cells, ws):  # type: ignore[no-untyped-def]
             for cell in cells:
-                record = runner.new_record(cell, plugins)
+                record = harness.new_record(cell, plugins)
                 record.update(metrics={"sim": {"accuracy": "oops"}}, executor={"name": self.name})
                 yield record
 
     store = Store(tmp_path)
-    summary = runner.run(cells, store, runner.Workspace(plugins), executor=BadMetricExecutor())
+    summary = harness.run(cells, store, harness.Workspace(plugins), executor=BadMetricExecutor())
     stored = store.load()
     assert stored.problems == [] and len(stored.records) == 2
     for r in stored.records:

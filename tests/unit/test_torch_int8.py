@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mqbench.backends.torch_int8 import TorchInt8, quantize_input, quantized_weight
+from mqbench.backends.torch_ao.runtime import TorchInt8, quantize_input, quantized_weight
 from mqbench.data.synthetic import generate
 from mqbench.metrics.accuracy import agreement
 from mqbench.models.builtin import quick_mobilenet_v1
@@ -26,7 +26,7 @@ ENGINES = [e for e in ("fbgemm", "x86", "qnnpack", "onednn") if e in torch.backe
 def _prepared(backend: TorchInt8, model: nn.Module, scheme: str) -> tuple[QuantSim, torch.Tensor]:
     """``model`` as the backend prepares it (its bias convention), minmax-calibrated on 64 synthetic images."""
     calib = generate(0, "calib", 64)
-    qsim = backend.prepare(model, parse_scheme(scheme))
+    qsim = backend.quantsim(model, parse_scheme(scheme))
     calibrate_weights(qsim, minmax_observer)
     calibrate_activations(qsim, calib, minmax_observer)
     return qsim.eval(), calib.normalize(calib.images)
@@ -40,7 +40,7 @@ def test_converted_model_agrees_with_the_simulation(engine: str, scheme: str) ->
     qsim, x = _prepared(backend, _trained_like(quick_mobilenet_v1(10)), scheme)
     with torch.no_grad():
         simulated = qsim(x)
-    result = agreement(simulated, backend.convert(qsim)(x))
+    result = agreement(simulated, backend.deploy(qsim)(x))
     # Measured on this random net: 64 of 64 images agree on every engine and scheme; logit SQNR (pc / pt)
     # fbgemm 15.9 / 16.1 dB (no reduce_range: it saturates), x86 23.5 / 49.4, qnnpack 43.6 / 53.8, onednn 50.9 / 49.4.
     assert result["top1_agreement"] >= 0.95, result
@@ -62,7 +62,7 @@ def test_reduce_range_picks_qparams_on_the_7_bit_grid_and_saturates_at_255_as_to
             assert source[name].scale is not None and source[name].zero_point is not None
             quantizer.set_qparams(source[name].scale, source[name].zero_point)
     louder = x * 4  # beyond the calibrated ranges, where the two saturations differ
-    deployed = backend.convert(qsim)(louder)
+    deployed = backend.deploy(qsim)(louder)
     with torch.no_grad():
         full, clipped = qsim(louder), strict.eval()(louder)
     ok, wrong = agreement(full, deployed), agreement(clipped, deployed)
@@ -96,7 +96,7 @@ def test_per_channel_clip_and_same_padding_deploy_as_integer_ops() -> None:
                           nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 4))
     backend = TorchInt8("x86")
     qsim, x = _prepared(backend, _trained_like(model), "w8a8-pc")
-    deployed = backend.convert(qsim)
+    deployed = backend.deploy(qsim)
     code = deployed.module.code  # type: ignore[attr-defined]
     assert "ChannelClamp" in str(deployed.module) or "clamp" in code
     with torch.no_grad():
@@ -139,13 +139,13 @@ def test_each_engine_adds_the_bias_as_its_quantsim_assumes(engine: str) -> None:
     conv.set_weight_bias(wq, bias)
     conv.scale, conv.zero_point = s_out, 128
     out = conv(x).int_repr().double()
-    qsim = TorchInt8(engine).prepare(nn.Sequential(nn.Conv2d(16, 8, 1)).eval(), parse_scheme("w8a8-pc"))
+    qsim = TorchInt8(engine).quantsim(nn.Sequential(nn.Conv2d(16, 8, 1)).eval(), parse_scheme("w8a8-pc"))
     assumes_int32 = qsim.model.get_submodule("0").input_quantizer is not None
     assert torch.equal(out, int32_bias if assumes_int32 else float_bias), engine
 
 
-def test_torch_default_runs_torch_ao_default_qconfig_with_reduce_range_as_the_scheme_says() -> None:
-    from mqbench.backends.torch_default import TorchDefault
+def test_the_torch_ao_toolkit_runs_the_default_qconfig_with_reduce_range_as_the_scheme_says() -> None:
+    from mqbench.backends.torch_ao.toolkit import TorchAoToolkit
     from mqbench.models.builtin import quick_cnn
     from mqbench.progress import SILENT
 
@@ -154,16 +154,18 @@ def test_torch_default_runs_torch_ao_default_qconfig_with_reduce_range_as_the_sc
     # the pre-activation, which on this random net's exploding pre-activations leaves nothing of the signal.
     model = _trained_like(quick_cnn(10))
     calib = generate(0, "calib", 64)
-    backend = TorchDefault()
-    assert "w8a8-pc-rr" in str(backend.check_scheme(parse_scheme("w8a8-pt")))
-    assert backend.check_pipeline("mse") is None and backend.check_pipeline("entropy") is not None
+    toolkit, runtime = TorchAoToolkit(), TorchInt8("x86")
+    assert "w8a8-pc-rr" in str(toolkit.check_scheme(parse_scheme("w8a8-pt"), toolkit.recipe("default").config))
+    assert sorted(toolkit.recipes) == ["default", "minmax"]
     x = calib.normalize(calib.images)
     with torch.no_grad():
         reference = model(x)
     scales = {}
     for scheme in ("w8a8-pc-rr", "w8a8-pc"):
-        for calibration in ("mse", "minmax"):
-            deployed = backend.quantize(model, parse_scheme(scheme), calib, calibration, SILENT)
+        for calibration in ("default", "minmax"):
+            artifact = toolkit.quantize(model, parse_scheme(scheme), calib, toolkit.recipe(calibration).config, SILENT)
+            assert runtime.check_format(artifact.format) is None and TorchInt8("fbgemm").check_format(artifact.format)
+            deployed = runtime.load(artifact)
             assert any(type(m).__name__ == "ConvReLU2d" for m in deployed.module.modules())  # fused int8 kernels
             assert agreement(reference, deployed(x))["top1_agreement"] >= 0.8
             scales[scheme, calibration] = {n: float(b) for n, b in deployed.module.named_buffers()
@@ -185,11 +187,11 @@ def test_an_operator_without_a_quantized_kernel_fails_naming_it() -> None:
     backend = TorchInt8("x86")
     qsim, _ = _prepared(backend, Gated().eval(), "w8a8-pc")
     with pytest.raises(ValueError, match=r"operator sigmoid .* has no conversion to torch's quantized kernels"):
-        backend.convert(qsim)
+        backend.deploy(qsim)
 
 
 def test_torch_default_quantizes_tensorflow_same_padded_models() -> None:
-    from mqbench.backends.torch_default import TorchDefault, with_static_padding
+    from mqbench.backends.torch_ao.toolkit import TorchAoToolkit, with_static_padding
     from mqbench.progress import SILENT
 
     torch.manual_seed(0)
@@ -204,6 +206,8 @@ def test_torch_default_quantizes_tensorflow_same_padded_models() -> None:
     with torch.no_grad():
         assert torch.equal(static(x), model(x))
         reference = model(x)
-    deployed = TorchDefault().quantize(model, parse_scheme("w8a8-pc"), calib, "mse", SILENT)
+    toolkit = TorchAoToolkit()
+    deployed = TorchInt8("x86").load(toolkit.quantize(model, parse_scheme("w8a8-pc"), calib,
+                                                      toolkit.recipe("default").config, SILENT))
     assert sum(type(m).__name__ == "ConvReLU2d" for m in deployed.module.modules()) == 2  # conv+BN+ReLU fused
     assert agreement(reference, deployed(x))["top1_agreement"] >= 0.8

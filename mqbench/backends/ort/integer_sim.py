@@ -2,12 +2,12 @@
 
 :class:`IntegerSimulation` takes a calibrated :class:`~mqbench.quant.qsim.QuantSim` placed for ONNX Runtime
 (``Placement(int32_bias=True)``) and runs its graph on integer codes with the arithmetic of
-:mod:`mqbench.quant.mlas`, instead of fake-quantizing float tensors: each convolution or linear layer
+:mod:`mqbench.backends.ort.mlas`, instead of fake-quantizing float tensors: each convolution or linear layer
 accumulates ``(x - zp_x) * w_codes + bias_codes`` exactly and requantizes at its output quantizer as
 QLinearConv / QGemm do; residual adds are QLinearAdd, global average pooling QLinearGlobalAveragePool; the
 activation fused into a layer clamps its output codes (ReLU and ReLU6 cost nothing when the output range
 already excludes what they clip, which is how ONNX Runtime removes them; a per-channel clip from cross-layer
-equalization becomes a per-channel ``Min`` on the codes, as :func:`mqbench.backends.ort_int8.export_qdq`
+equalization becomes a per-channel ``Min`` on the codes, as :func:`mqbench.backends.ort.export.export_qdq`
 exports it). Zero padding pads with the zero point. The output is dequantized as the graph's last
 ``DequantizeLinear`` does.
 
@@ -31,9 +31,9 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from mqbench.backends.ort import mlas
 from mqbench.models.layers import ChannelClippedReLU, tf_same_pad
 from mqbench.quant import functional as Q
-from mqbench.quant import mlas
 from mqbench.quant.qsim import (
     QuantConv2d,
     Quantizer,

@@ -6,7 +6,7 @@ the QuantSim quantizes is a quantized tensor with exactly the QuantSim's scale a
 
 * the input: ``torch.quantize_per_tensor``;
 * biases: fbgemm, x86 and onednn add the float bias after scaling the int32 accumulator, qnnpack rounds
-  it to int32 codes at input x weight scale; ``prepare`` tells the QuantSim which (``Placement.int32_bias``);
+  it to int32 codes at input x weight scale; ``placement`` tells the QuantSim which (``Placement.int32_bias``);
 * a conv / linear with its fused activation and output quantizer: one ``torch.ao.nn.quantized``
   ``Conv2d`` / ``Linear`` (``ConvReLU2d`` / ``LinearReLU`` for a fused ReLU) whose weight is built
   from the QuantSim's own integer codes (so on-grid AdaRound weights deploy exactly, nothing is
@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from mqbench import hookimpl
-from mqbench.backends import Backend, Deployed
+from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime
 from mqbench.models.layers import ChannelClippedReLU
 from mqbench.quant import functional as Q
 from mqbench.quant.qsim import Placement, QuantConv2d, Quantizer, QuantLinear, QuantSim
@@ -293,12 +293,13 @@ class TorchInt8Model:
             return self.module(inputs)
 
 
-class TorchInt8(Backend):
+class TorchInt8(Runtime):
     """One PyTorch quantized engine."""
 
     def __init__(self, engine: str, threads: int | None = None) -> None:
         self.engine = engine
         self.name = f"torch-{engine}"
+        self.formats = frozenset({FLOAT, QUANTSIM, torch_ao_format(engine)})
         self.description = f"PyTorch quantized kernels, {engine} engine; the QuantSim's exact qparams and codes"
         self.threads = threads or len(os.sched_getaffinity(0))
 
@@ -317,21 +318,23 @@ class TorchInt8(Backend):
             return "PyTorch's quantized kernels need weight zero points of 0 (symmetric qint8 weights): drop -asym"
         return None
 
-    def prepare(self, model: nn.Module, scheme: QuantScheme) -> QuantSim:
+    def placement(self, scheme: QuantScheme) -> Placement:
         # fbgemm, x86 and onednn add the float bias after scaling the accumulator; qnnpack rounds it to int32
         # at input x weight scale when packing (tests/unit/test_torch_int8.py checks both on the kernels).
         # With -rr, torch's kernels store full 8-bit codes over the 7-bit grid's qparams (full_range_storage).
-        return QuantSim.from_float(model, scheme, Placement(int32_bias=self.engine == "qnnpack",
-                                                            full_range_storage=True))
+        return Placement(int32_bias=self.engine == "qnnpack", full_range_storage=True)
 
-    def convert(self, qsim: QuantSim) -> Deployed:
-        torch.backends.quantized.engine = self.engine  # weights are packed for the engine active now
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
-            return TorchInt8Model(convert_to_torch_int8(qsim), self.engine)
-
-    def deploy_float(self, model: nn.Module) -> Deployed:
-        return model.eval()
+    def load(self, artifact: Artifact) -> Deployed:
+        if artifact.format == FLOAT:
+            return artifact.payload.eval()
+        if artifact.format == QUANTSIM:
+            torch.backends.quantized.engine = self.engine  # weights are packed for the engine active now
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message=".*quantized tensor creation functions.*deprecated")
+                return TorchInt8Model(convert_to_torch_int8(artifact.payload), self.engine)
+        if artifact.format == torch_ao_format(self.engine):  # a torch.ao-converted module (the torch.ao toolkit)
+            return TorchInt8Model(artifact.payload, self.engine)
+        raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
 
     def info(self) -> dict[str, Any]:
         return {"runtime": f"torch {torch.__version__}", "engine": self.engine, "threads": torch.get_num_threads(),
@@ -339,7 +342,12 @@ class TorchInt8(Backend):
                 "cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
 
+def torch_ao_format(engine: str) -> str:
+    """The artifact format of a module converted by torch.ao for ``engine`` (weights packed for that engine)."""
+    return f"torch.ao-quantized[{engine}]"
+
+
 @hookimpl
-def mqbench_register_backends(register: Registry[Backend]) -> None:
+def mqbench_register_runtimes(register: Registry[Runtime]) -> None:
     for engine in ENGINES:
         register(TorchInt8(engine))

@@ -4,7 +4,7 @@ A fake-quantization simulation computes every layer in float and rounds once at 
 Runtime's kernels accumulate in int32 and requantize with float32 arithmetic of their own. The two differ at
 rounding ties, a few codes in a million at the first layer, and MobileNets multiply those differences block
 by block until 1-3% of the top-1 decisions differ (``scripts/ort_rounding_evidence.py``). These functions
-reproduce the kernels' arithmetic exactly, so a simulation built on them (:mod:`mqbench.quant.integer_sim`)
+reproduce the kernels' arithmetic exactly, so a simulation built on them (:mod:`mqbench.backends.ort.integer_sim`)
 predicts the runtime's every code.
 
 Read in onnxruntime's sources (``onnxruntime/core/mlas/lib``, x86-64, and

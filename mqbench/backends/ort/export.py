@@ -1,5 +1,4 @@
-"""``ort-qdq`` and ``ort-qoperator``: the QuantSim exported to ONNX (QDQ form, or QLinear operators) and
-run by ONNX Runtime's CPU integer kernels.
+"""The QuantSim as ONNX: QDQ form (``export_qdq``) and QLinear operators (``to_qoperator``).
 
 Export (:func:`export_qdq`): the QuantSim in inference mode computes every fake-quantizer with
 ``torch.fake_quantize_per_{tensor,channel}_affine``, which torch's TorchScript ONNX exporter writes as
@@ -18,15 +17,13 @@ QDQ format), so its graph optimizer can fuse each ``DQ -> op -> Q`` group into o
   classifier, the zero ``Pad`` of TensorFlow "SAME" padding) run on the integer tensor, the
   ``DequantizeLinear`` moved after them (a ``Pad`` then pads with the zero point, the image of 0).
 
-``ort-qoperator`` (:func:`to_qoperator`) writes the same graph as QLinear operators: ONNX Runtime's graph
-optimizer fuses each group (extended level) and the fused graph is saved and checked to hold only
-QLinear operators between the input's ``QuantizeLinear`` and the logits' ``DequantizeLinear``; the
-two backends run the same kernels, so they must agree exactly (a test checks it).
+:func:`to_qoperator` writes the same graph as QLinear operators: ONNX Runtime's graph optimizer fuses each
+group (extended level) and the fused graph is saved and checked to hold only QLinear operators between the
+input's ``QuantizeLinear`` and the logits' ``DequantizeLinear``.
 
-:func:`integer_op_summary` reads the graph ONNX Runtime actually optimised and counts the operators
-that ran in float, so a record says whether the integer kernels were really used. The torch ONNX
-exporter used is the TorchScript one (``dynamo=False``): the torch.export-based exporter is the
-default since torch 2.9 but needs ``onnxscript``; the QDQ graph is the same.
+The torch ONNX exporter used is the TorchScript one (``dynamo=False``): the torch.export-based exporter is the
+default since torch 2.9 but needs ``onnxscript``; the QDQ graph is the same. QDQ ONNX is the common currency
+of runtimes and toolkits (format ``onnx-qdq``): other runtimes that read ONNX (OpenVINO) take this export too.
 """
 
 from __future__ import annotations
@@ -35,21 +32,15 @@ import os
 import tempfile
 import warnings
 from collections import Counter
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from mqbench import hookimpl
-from mqbench.backends import Backend, Deployed
+from mqbench.errors import UnsupportedArtifact
 from mqbench.quant import functional as Q
-from mqbench.quant import mlas
-from mqbench.quant.integer_sim import IntegerSimulation
-from mqbench.quant.qsim import Placement, QuantSim
-from mqbench.registry import Registry
-from mqbench.schemes import QuantScheme
+from mqbench.quant.qsim import QuantSim
 
 INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "QLinearAdd", "QLinearGlobalAveragePool",
                          "QLinearAveragePool", "QLinearConcat", "QLinearMul", "QLinearSigmoid", "QLinearLeakyRelu",
@@ -260,7 +251,8 @@ def to_qoperator(qdq_model: Any) -> Any:
     """The QDQ model in QOperator form: every ``DQ -> op -> Q`` group one QLinear operator (``QLinearConv``,
     ``QLinearAdd``, ``QGemm``, ``QLinearGlobalAveragePool``) with the same scales, zero points and integer
     weights and biases, as ONNX Runtime's own graph optimizer fuses them (extended level, saved before the
-    CPU-specific layout changes). Raises ValueError naming any operator that was not turned into a QLinear
+    CPU-specific layout changes). Raises UnsupportedArtifact (a ValueError) naming any operator that was not
+    turned into a QLinear
     one (a float operator or a Q/DQ pair left inside the graph)."""
     import onnx
 
@@ -279,7 +271,7 @@ def to_qoperator(qdq_model: Any) -> Any:
     if left:
         nodes = sorted((n for n in model.graph.node if n.op_type in left), key=lambda n: n.op_type not in COMPUTE_OPS)
         names = [f"{node.op_type} {node.name}".strip() for node in nodes][:5]  # float arithmetic first
-        raise ValueError(f"the QDQ graph has operators ONNX Runtime could not turn into QLinear operators: "
+        raise UnsupportedArtifact(f"the QDQ graph has operators ONNX Runtime could not turn into QLinear operators: "
                          f"{', '.join(names)}")
     return model
 
@@ -299,161 +291,4 @@ def _topological_sort(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
-def make_session(model: Any, threads: int, optimized_path: str | None = None) -> Any:
-    """An ONNX Runtime CPU session with all graph optimizations and ``threads`` intra-op threads."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.log_severity_level = 3  # errors only: not the notice about serialising an optimised graph
-    if optimized_path:
-        options.optimized_model_filepath = optimized_path
-    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
-
-
-def integer_op_summary(model: Any, threads: int = 1) -> dict[str, Any]:
-    """The operator types of the graph ONNX Runtime runs after optimising ``model``, and which arithmetic
-    operators were left in float (none, when every group was fused into an integer kernel)."""
-    import onnx
-
-    with tempfile.TemporaryDirectory() as tmp:
-        path = os.path.join(tmp, "optimized.onnx")
-        make_session(model, threads, path)
-        optimized = onnx.load(path)
-    ops = Counter(node.op_type for node in optimized.graph.node)
-    float_ops = {op: n for op, n in sorted(ops.items()) if op in COMPUTE_OPS}
-    return {"ops": dict(sorted(ops.items())), "float_compute_ops": float_ops,
-            "integer_ops": sum(n for op, n in ops.items() if op in INTEGER_OPS)}
-
-
-class OnnxModel:
-    """A deployed ONNX model: exported for each input shape on first use, then run by ONNX Runtime."""
-
-    def __init__(self, build: Callable[[torch.Tensor], Any], threads: int) -> None:
-        self.build, self.threads = build, threads
-        self.sessions: dict[tuple[int, ...], Any] = {}
-        self.models: dict[tuple[int, ...], Any] = {}
-
-    def session(self, example: torch.Tensor) -> Any:
-        key = tuple(example.shape[1:])
-        if key not in self.sessions:
-            self.models[key] = self.build(example[:1])
-            self.sessions[key] = make_session(self.models[key], self.threads)
-        return self.sessions[key]
-
-    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        session = self.session(inputs)
-        out = session.run(None, {"input": inputs.detach().float().contiguous().numpy()})[0]
-        return torch.from_numpy(out)
-
-    def with_threads(self, threads: int) -> OnnxModel:
-        """The same exported models in sessions with ``threads`` intra-op threads (for latency)."""
-        clone = OnnxModel(self.build, threads)
-        clone.models = self.models
-        return clone
-
-    def size_bytes(self) -> int:
-        """The serialised ONNX model's size (the first input shape exported)."""
-        if not self.models:
-            raise RuntimeError("the ONNX model is exported on its first call: call it before asking its size")
-        return next(iter(self.models.values())).ByteSize()
-
-    def deployment_info(self) -> dict[str, Any]:
-        """For each input shape exported: the operators ONNX Runtime ran after optimisation."""
-        return {"x".join(map(str, key)): integer_op_summary(model, self.threads) for key, model in self.models.items()}
-
-
-def cpu_isa() -> list[str]:
-    """The x86 vector extensions ONNX Runtime's int8 kernels dispatch on, from ``/proc/cpuinfo``."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
-    except OSError:
-        return []
-    return sorted(set(flags) & {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"})
-
-
-class OnnxRuntimeBackend(Backend):
-    """What every ONNX Runtime backend shares: the CPU provider with a fixed thread count, the float model on
-    the same runtime, and the runtime facts recorded with each cell."""
-
-    def __init__(self, threads: int | None = None) -> None:
-        self.threads = threads or len(os.sched_getaffinity(0))
-
-    def unavailable(self) -> str | None:
-        return _missing_runtime()
-
-    def deploy_float(self, model: nn.Module) -> Deployed:
-        return OnnxModel(lambda example: export_onnx(model.eval(), example), self.threads)
-
-    def info(self) -> dict[str, Any]:
-        missing = _missing_runtime()
-        if missing:
-            return {"runtime": None, "unavailable": missing}
-        import onnxruntime as ort
-
-        return {"runtime": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
-                "threads": self.threads, "isa": cpu_isa(), "opset": OPSET}
-
-
-class OrtQDQ(OnnxRuntimeBackend):
-    name = "ort-qdq"
-    description = "ONNX Runtime CPU int8 kernels, the QuantSim exported as QDQ ONNX with its exact qparams"
-
-    def check_scheme(self, scheme: QuantScheme) -> str | None:
-        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
-            return "ONNX Runtime's integer kernels take 8-bit weights and 8-bit activations (a w8a8 scheme)"
-        if not scheme.weight_symmetric and scheme.weight_granularity == "channel":
-            return "ONNX Runtime's QLinearConv needs per-channel weight zero points of 0: drop -asym"
-        return None
-
-    def prepare(self, model: nn.Module, scheme: QuantScheme) -> QuantSim:
-        return QuantSim.from_float(model, scheme, Placement())
-
-    def convert(self, qsim: QuantSim) -> Deployed:
-        return OnnxModel(lambda example: export_qdq(qsim, example), self.threads)
-
-    def integer_simulation(self, qsim: QuantSim) -> Deployed | None:
-        if mlas.supported_isa(cpu_isa()) is not None:
-            return None
-        return IntegerSimulation(qsim)
-
-    def info(self) -> dict[str, Any]:
-        info = {**super().info(), "format": "QDQ"}
-        if info.get("runtime"):
-            why_not = mlas.supported_isa(cpu_isa())
-            info["integer_simulation"] = why_not or "ONNX Runtime MLAS x86-64 AVX2 kernels (mqbench.quant.mlas)"
-        return info
-
-
-class OrtQOperator(OrtQDQ):
-    name = "ort-qoperator"
-    description = "ONNX Runtime CPU int8 kernels, the QuantSim exported as QLinear operators (QOperator format)"
-
-    def convert(self, qsim: QuantSim) -> Deployed:
-        return OnnxModel(lambda example: to_qoperator(export_qdq(qsim, example)), self.threads)
-
-    def info(self) -> dict[str, Any]:
-        return {**super().info(), "format": "QOperator"}
-
-
-def _missing_runtime() -> str | None:
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError as exc:
-        return f"{exc.name} is not installed (pip install {exc.name})"
-    return None
-
-
-@hookimpl
-def mqbench_register_backends(register: Registry[Backend]) -> None:
-    register(OrtQDQ())
-    register(OrtQOperator())
-
-
-__all__ = ["OnnxModel", "OnnxRuntimeBackend", "OrtQDQ", "OrtQOperator", "cpu_isa", "export_onnx", "export_qdq",
-           "integer_op_summary", "make_session", "to_qoperator"]
+__all__ = ["COMPUTE_OPS", "INTEGER_OPS", "OPSET", "export_onnx", "export_qdq", "to_qoperator"]

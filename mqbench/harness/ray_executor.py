@@ -1,7 +1,7 @@
 """Run a sweep's cells as Ray tasks, on a local Ray instance or an existing cluster (``mqbench run --executor ray``).
 
 The driver (``mqbench run``) stays the only writer of the results directory: this executor yields each
-record as its task finishes and :func:`mqbench.runner.run` appends it, exactly as with the in-process
+record as its task finishes and :func:`mqbench.harness.run` appends it, exactly as with the in-process
 executor, so resume, ``--force`` and the leaderboard behave the same.
 
 How a sweep runs:
@@ -9,7 +9,7 @@ How a sweep runs:
 1. The driver decodes every split the cells calibrate and evaluate on, and resolves (trains, downloads,
    verifies) every set of float weights they use, once, with its progress bars; each goes into Ray's
    object store once (``ray.put``). Workers fetch what their cell needs and keep it for their later cells
-   (a per-process :class:`~mqbench.runner.Workspace`), so nothing large is shipped once per cell.
+   (a per-process :class:`~mqbench.harness.Workspace`), so nothing large is shipped once per cell.
    Where the driver cannot prepare an input (a missing file, say) the cell's worker meets the same
    error itself and the cell is stored as failed with it, as in-process.
 2. Each cell is one task (``num_cpus=cpus_per_cell``, ``num_gpus=gpus_per_cell``; the worker runs torch
@@ -35,10 +35,13 @@ from typing import Any
 import torch
 
 from mqbench.errors import UsageError
+from mqbench.harness.cell import Cell
+from mqbench.harness.execute import run_cell
+from mqbench.harness.record import failed_record
+from mqbench.harness.workspace import Workspace
 from mqbench.metrics.latency import LatencySettings
 from mqbench.plugins import Plugins
 from mqbench.progress import SILENT
-from mqbench.runner import Cell, Workspace, failed_record, run_cell
 
 RAY_EXTRA_HINT = "install it with: pip install 'mqbench[ray]'"
 

@@ -1,0 +1,203 @@
+"""``ort-qdq`` and ``ort-qoperator``: ONNX Runtime's CPU integer kernels.
+
+Each runs the artifacts of the formats it lists: the float model (exported to ONNX, the fp32 row), a
+calibrated QuantSim (exported by :mod:`mqbench.backends.ort.export` with its exact qparams: QDQ form for
+``ort-qdq``, QLinear operators for ``ort-qoperator``; the two run the same kernels, so they must agree
+exactly, and a test checks it), and, on ``ort-qdq``, any QDQ ONNX model a toolkit wrote (``onnx-qdq``:
+ONNX Runtime's own ``quantize_static``, later NNCF, AIMET, Brevitas).
+
+:func:`integer_op_summary` reads the graph ONNX Runtime actually optimised and counts the operators that
+ran in float, so a record says whether the integer kernels were really used (the leaderboard's
+``float ops:`` note). :meth:`OrtQDQ.integer_simulation` is :class:`~mqbench.backends.ort.integer_sim.
+IntegerSimulation`, ONNX Runtime's MLAS arithmetic code for code, where this CPU's kernels are modelled.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections import Counter
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from mqbench import hookimpl
+from mqbench.backends import FLOAT, ONNX_QDQ, QUANTSIM, Artifact, Deployed, Runtime
+from mqbench.backends.ort import mlas
+from mqbench.backends.ort.export import COMPUTE_OPS, INTEGER_OPS, OPSET, export_onnx, export_qdq, to_qoperator
+from mqbench.backends.ort.integer_sim import IntegerSimulation
+from mqbench.quant.qsim import QuantSim
+from mqbench.registry import Registry
+from mqbench.schemes import QuantScheme
+
+
+def make_session(model: Any, threads: int, optimized_path: str | None = None) -> Any:
+    """An ONNX Runtime CPU session with all graph optimizations and ``threads`` intra-op threads."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.log_severity_level = 3  # errors only: not the notice about serialising an optimised graph
+    if optimized_path:
+        options.optimized_model_filepath = optimized_path
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+
+def integer_op_summary(model: Any, threads: int = 1) -> dict[str, Any]:
+    """The operator types of the graph ONNX Runtime runs after optimising ``model``, and which arithmetic
+    operators were left in float (none, when every group was fused into an integer kernel)."""
+    import onnx
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "optimized.onnx")
+        make_session(model, threads, path)
+        optimized = onnx.load(path)
+    ops = Counter(node.op_type for node in optimized.graph.node)
+    float_ops = {op: n for op, n in sorted(ops.items()) if op in COMPUTE_OPS}
+    return {"ops": dict(sorted(ops.items())), "float_compute_ops": float_ops,
+            "integer_ops": sum(n for op, n in ops.items() if op in INTEGER_OPS)}
+
+
+class OnnxModel:
+    """A deployed ONNX model: exported for each input shape on first use, then run by ONNX Runtime."""
+
+    def __init__(self, build: Callable[[torch.Tensor], Any], threads: int) -> None:
+        self.build, self.threads = build, threads
+        self.sessions: dict[tuple[int, ...], Any] = {}
+        self.models: dict[tuple[int, ...], Any] = {}
+
+    def session(self, example: torch.Tensor) -> Any:
+        key = tuple(example.shape[1:])
+        if key not in self.sessions:
+            self.models[key] = self.build(example[:1])
+            self.sessions[key] = make_session(self.models[key], self.threads)
+        return self.sessions[key]
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        session = self.session(inputs)
+        out = session.run(None, {"input": inputs.detach().float().contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+    def with_threads(self, threads: int) -> OnnxModel:
+        """The same exported models in sessions with ``threads`` intra-op threads (for latency)."""
+        clone = OnnxModel(self.build, threads)
+        clone.models = self.models
+        return clone
+
+    def size_bytes(self) -> int:
+        """The serialised ONNX model's size (the first input shape exported)."""
+        if not self.models:
+            raise RuntimeError("the ONNX model is exported on its first call: call it before asking its size")
+        return next(iter(self.models.values())).ByteSize()
+
+    def deployment_info(self) -> dict[str, Any]:
+        """For each input shape exported: the operators ONNX Runtime ran after optimisation."""
+        return {"x".join(map(str, key)): integer_op_summary(model, self.threads) for key, model in self.models.items()}
+
+
+def cpu_isa() -> list[str]:
+    """The x86 vector extensions ONNX Runtime's int8 kernels dispatch on, from ``/proc/cpuinfo``."""
+    try:
+        with open("/proc/cpuinfo") as f:
+            flags = next((line.split(":", 1)[1].split() for line in f if line.startswith("flags")), [])
+    except OSError:
+        return []
+    return sorted(set(flags) & {"avx2", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8"})
+
+
+class OnnxRuntime(Runtime):
+    """What every ONNX Runtime runtime shares: the CPU provider with a fixed thread count, the float model on
+    the same runtime, and the runtime facts recorded with each cell."""
+
+    packages = ("onnxruntime",)
+
+    def __init__(self, threads: int | None = None) -> None:
+        self.threads = threads or len(os.sched_getaffinity(0))
+
+    def unavailable(self) -> str | None:
+        return _missing_runtime()
+
+    def check_scheme(self, scheme: QuantScheme) -> str | None:
+        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
+            return "ONNX Runtime's integer kernels take 8-bit weights and 8-bit activations (a w8a8 scheme)"
+        if not scheme.weight_symmetric and scheme.weight_granularity == "channel":
+            return "ONNX Runtime's QLinearConv needs per-channel weight zero points of 0: drop -asym"
+        return None
+
+    def load(self, artifact: Artifact) -> Deployed:
+        if artifact.format == FLOAT:
+            model = artifact.payload.eval()
+            return OnnxModel(lambda example: export_onnx(model, example), self.threads)
+        if artifact.format == QUANTSIM:
+            return self.load_quantsim(artifact.payload)
+        if artifact.format == ONNX_QDQ:
+            proto = artifact.payload
+            return OnnxModel(lambda example: proto, self.threads)  # built already, dynamic batch size
+        raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
+
+    def load_quantsim(self, qsim: QuantSim) -> Deployed:
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        missing = _missing_runtime()
+        if missing:
+            return {"runtime": None, "unavailable": missing}
+        import onnxruntime as ort
+
+        return {"runtime": f"onnxruntime {ort.__version__}", "provider": "CPUExecutionProvider",
+                "threads": self.threads, "isa": cpu_isa(), "opset": OPSET}
+
+
+class OrtQDQ(OnnxRuntime):
+    name = "ort-qdq"
+    description = "ONNX Runtime CPU int8 kernels, the QuantSim exported as QDQ ONNX with its exact qparams"
+    formats = frozenset({FLOAT, QUANTSIM, ONNX_QDQ})
+
+    def load_quantsim(self, qsim: QuantSim) -> Deployed:
+        return OnnxModel(lambda example: export_qdq(qsim, example), self.threads)
+
+    def integer_simulation(self, qsim: Any) -> Deployed | None:
+        if mlas.supported_isa(cpu_isa()) is not None:
+            return None
+        return IntegerSimulation(qsim)
+
+    def info(self) -> dict[str, Any]:
+        info = {**super().info(), "format": "QDQ"}
+        if info.get("runtime"):
+            why_not = mlas.supported_isa(cpu_isa())
+            info["integer_simulation"] = why_not or "ONNX Runtime MLAS x86-64 AVX2 kernels (mqbench.backends.ort.mlas)"
+        return info
+
+
+class OrtQOperator(OrtQDQ):
+    name = "ort-qoperator"
+    description = "ONNX Runtime CPU int8 kernels, the QuantSim exported as QLinear operators (QOperator format)"
+    formats = frozenset({FLOAT, QUANTSIM})
+
+    def load_quantsim(self, qsim: QuantSim) -> Deployed:
+        return OnnxModel(lambda example: to_qoperator(export_qdq(qsim, example)), self.threads)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "format": "QOperator"}
+
+
+def _missing_runtime() -> str | None:
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError as exc:
+        return f"{exc.name} is not installed (pip install {exc.name})"
+    return None
+
+
+@hookimpl
+def mqbench_register_runtimes(register: Registry[Runtime]) -> None:
+    register(OrtQDQ())
+    register(OrtQOperator())
+
+
+__all__ = ["OnnxModel", "OnnxRuntime", "OrtQDQ", "OrtQOperator", "cpu_isa", "integer_op_summary", "make_session"]

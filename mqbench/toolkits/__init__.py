@@ -1,0 +1,90 @@
+"""Toolkits: other projects' quantizers, run as they are, as leaderboard rows beside mqbench's pipelines.
+
+A cell's **quantizer** is who chooses the qparams: an mqbench pipeline (methods on a QuantSim), or a
+**toolkit recipe**, written ``toolkit:recipe`` (``ort:minmax``, ``torch.ao:default``, ...). A toolkit is a
+plugin kind of its own (``mqbench_register_toolkits``): it names its recipes, each a frozen, versioned
+:class:`RecipeConfig` (stored in every record, overridable as ``ort:minmax(calib_batch=16)``), quantizes the
+float model on the cell's calibration images with its own API, and hands the result on as an
+:class:`~mqbench.backends.Artifact` of the format it names (:attr:`Toolkit.output_format`). Any runtime that
+runs that format deploys it; one that does not is a skipped cell with the reason.
+
+Nothing of mqbench's QuantSim is involved in a toolkit's row: it has no simulated accuracy, no agreement
+with a simulation and no layer-wise analysis, and its whole quantization (export, calibration, writing the
+model) is the cell's ``calibrate:<toolkit>`` time.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from torch import nn
+
+from mqbench.backends import Artifact
+from mqbench.data import Split
+from mqbench.methods import MethodConfig, checked_overrides
+from mqbench.progress import Reporter
+from mqbench.schemes import QuantScheme
+
+
+@dataclass(frozen=True)
+class RecipeConfig(MethodConfig):
+    """Base of toolkit recipe configs: frozen, JSON round-trippable, versioned (as method configs)."""
+
+    version: ClassVar[int] = 1
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A named recipe of a toolkit: what it is (with the toolkit's documentation it follows) and its config."""
+
+    name: str
+    description: str
+    config: RecipeConfig
+
+
+class Toolkit:
+    """Base class of a toolkit plugin. Set the class attributes and implement :meth:`quantize`."""
+
+    name: str = ""  # what the quantizer names: ``<name>:<recipe>``
+    description: str = ""
+    version: str = "1"
+    output_format: str = ""  # the Artifact format :meth:`quantize` returns
+    recipes: ClassVar[Mapping[str, Recipe]] = {}
+    # Distributions whose installed versions are part of every record's environment (provenance).
+    packages: ClassVar[tuple[str, ...]] = ()
+
+    def unavailable(self) -> str | None:
+        """Why this toolkit cannot run here (its package is not installed, ...), or None."""
+        return None
+
+    def recipe(self, name: str) -> Recipe:
+        """The recipe called ``name``; KeyError when there is none (the harness words the error)."""
+        return self.recipes[name]
+
+    def make_config(self, recipe: str, overrides: dict[str, Any]) -> RecipeConfig:
+        """The recipe's config with ``overrides``; ValueError on an unknown parameter or a wrong type."""
+        config = self.recipe(recipe).config
+        values = checked_overrides(f"{self.name}:{recipe}", type(config), overrides)
+        return dataclasses.replace(config, **values)
+
+    def check_scheme(self, scheme: QuantScheme, config: RecipeConfig) -> str | None:
+        """Why the recipe cannot produce ``scheme`` (None when it can); the cell is stored as skipped."""
+        return None
+
+    def quantize(self, model: nn.Module, scheme: QuantScheme, calib: Split, config: RecipeConfig,
+                 reporter: Reporter) -> Artifact:
+        """The float ``model`` quantized with the toolkit's own API on the calibration images ``calib``."""
+        raise NotImplementedError
+
+    def info(self) -> dict[str, Any]:
+        """Facts recorded with every cell (the toolkit's version, the API called, ...)."""
+        return {}
+
+    def __repr__(self) -> str:
+        return f"<toolkit {self.name}>"
+
+
+__all__ = ["Recipe", "RecipeConfig", "Toolkit"]
