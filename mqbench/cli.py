@@ -151,9 +151,11 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
     infos = list(plugins.infos.values())
     unavailable = {i.name: {name: why for name in i.registered.get("runtime", [])
                             if (why := plugins.runtimes.get(name).unavailable())} for i in infos}
+    toolkits = {i.name: {name: why for name in i.registered.get("toolkit", [])
+                         if (why := plugins.toolkits.get(name).unavailable())} for i in infos}
     if args.json:
-        print(json.dumps([{**i.to_dict(), "unavailable_backends": unavailable[i.name]} for i in infos], indent=1,
-                         sort_keys=True))
+        print(json.dumps([{**i.to_dict(), "unavailable_backends": unavailable[i.name],
+                           "unavailable_toolkits": toolkits[i.name]} for i in infos], indent=1, sort_keys=True))
         return 0
     table = Table(title="plugins", title_justify="left")
     for col in ("name", "source", "version", "hooks", "registered", "status"):
@@ -162,7 +164,8 @@ def cmd_plugins(args: argparse.Namespace, plugins: Plugins) -> int:
         registered = "; ".join(f"{k}: {', '.join(v)}" for k, v in i.registered.items())
         source = i.source + (f" ({i.distribution})" if i.distribution else "")
         status = i.status + (f": {i.error}" if i.error else "")
-        status += "".join(f"; backend {name} unavailable: {why}" for name, why in unavailable[i.name].items())
+        status += "".join(f"; runtime {name} unavailable: {why}" for name, why in unavailable[i.name].items())
+        status += "".join(f"; toolkit {name} unavailable: {why}" for name, why in toolkits[i.name].items())
         table.add_row(i.name, source, i.version or "", ", ".join(h.removeprefix("mqbench_") for h in i.hooks),
                       registered, status, style="red" if i.status == "failed" else None)
     out.print(table)
@@ -343,7 +346,8 @@ def _build_kwargs(items: Sequence[str]) -> dict[str, Any]:
 
 def cmd_train(args: argparse.Namespace, plugins: Plugins) -> int:
     from mqbench.errors import MqbenchError
-    from mqbench.train import TrainConfig, train_to_file
+    from mqbench.models.weights import train_to_file
+    from mqbench.train import TrainConfig
 
     _use_data_dir(args)
     spec = plugins.models.get(args.model)

@@ -14,7 +14,7 @@ consumer's range matches the median equalized range (exact, since ``f(b / s) = f
 
 ReLU6 is not positively homogeneous (it clips at 6). ``relu6="clip"`` (the default) keeps the network's
 function exactly: each ReLU6 between two convs becomes a per-channel clipped ReLU
-(:class:`~mqbench.models.layers.ChannelClippedReLU`, ``min(relu(x), u_i)``) whose bound is rescaled
+(:class:`~mqbench.layers.ChannelClippedReLU`, ``min(relu(x), u_i)``) whose bound is rescaled
 with its channel (``u_i = 6 / s_i``), since ``relu6(x) / s = min(relu(x / s), 6 / s)``.
 ``relu6="relu"`` replaces every ReLU6 by ReLU, as the paper does; on MobileNetV2 tf2ptq that alone
 costs the float model 5 points (0.790 -> 0.739 top-1 on val-1300), so it is not the default. What was
@@ -40,8 +40,8 @@ import torch
 from torch import fx, nn
 
 from mqbench import hookimpl
+from mqbench.layers import ChannelClippedReLU, Conv2dSame
 from mqbench.methods import Method, MethodConfig, StepContext
-from mqbench.models.layers import ChannelClippedReLU, Conv2dSame
 from mqbench.quant.graph import fold_batchnorm, trace
 from mqbench.registry import Registry
 

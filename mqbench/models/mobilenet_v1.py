@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mqbench.models.layers import conv3x3
+from mqbench.layers import conv3x3
 
 # (output channels at width 1.0, stride) of the 13 depthwise-separable blocks, ImageNet layout.
 IMAGENET_BLOCKS: tuple[tuple[int, int], ...] = (

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from mqbench.models.layers import conv3x3
+from mqbench.layers import conv3x3
 from mqbench.models.mobilenet_v1 import _init
 
 # (expansion t, channels c, repeats n, first stride s), torchvision / paper Table 2.

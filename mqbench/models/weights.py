@@ -26,7 +26,7 @@ from mqbench.errors import MqbenchError
 from mqbench.fsutil import atomic_write, cache_dir, sha256_file
 from mqbench.models import CheckpointWeights, FileWeights, HubWeights, ModelSpec, TrainedWeights, UrlWeights, WeightsSpec
 from mqbench.progress import SILENT, Reporter
-from mqbench.train import train
+from mqbench.train import TrainConfig, train
 
 TRAIN_RECIPE_VERSION = 1
 
@@ -193,3 +193,52 @@ def _resolve_trained(model: ModelSpec, weights: TrainedWeights, dataset: Dataset
     atomic_write(sidecar, json.dumps(meta, indent=2).encode(), overwrite=True)
     reporter.log(f"trained {model.name}: test top-1 {result.test_top1:.4f} in {result.seconds:.0f} s")
     return ResolvedWeights(net.state_dict(), digest, f"trained:{path.name}", meta)
+
+
+def train_to_file(model: ModelSpec, dataset: DatasetSpec, config: TrainConfig, out_dir: Path, *,
+                  build_kwargs: dict[str, Any] | None = None, train_limit: int | None = None,
+                  test_limit: int | None = None, time_budget_s: float | None = None, force: bool = False,
+                  command: str = "", reporter: Reporter = SILENT) -> tuple[Path, dict[str, Any], bool]:
+    """Train ``model`` on ``dataset``'s train split into ``out_dir``: ``<model>-<dataset>-<key>.pt`` (the state
+    dict, float32) and a JSON sidecar beside it (sha256, the full training config, the command, test top-1 per
+    epoch, provenance). ``key`` hashes everything that decides the weights, so a rerun of the same command finds
+    the file (returned with ``False``: nothing trained) or resumes its checkpoint (``<name>.ckpt``, removed once
+    the weights are written) after a kill. Returns (weights path, sidecar, whether it trained now)."""
+    from mqbench import provenance
+
+    build_kwargs = dict(build_kwargs or {})
+    # Options left unset (None) are left out, so a file's key stays the same when a later version adds options.
+    recipe = {"model": model.name, "build_kwargs": build_kwargs, "dataset": dataset.name, "train_limit": train_limit,
+              "train_config": {k: v for k, v in dataclasses.asdict(config).items() if v is not None}}
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    path = out_dir / f"{model.name}-{dataset.name}-{key}.pt"
+    sidecar_path, ckpt = path.with_suffix(".json"), path.with_suffix(".ckpt")
+    if path.exists() and sidecar_path.exists() and not force:
+        meta = json.loads(sidecar_path.read_text())
+        actual = sha256_file(path)
+        if actual != meta.get("sha256"):
+            raise MqbenchError(f"{path} fails the sha256 in {sidecar_path.name} (got {actual[:12]}...): the file is "
+                               "corrupt or was changed; delete both to retrain, or give --force")
+        return path, meta, False
+    if force and ckpt.exists():
+        ckpt.unlink()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(config.seed)
+    net: nn.Module = model.build(dataset.num_classes, **build_kwargs)
+    train_split = dataset.load_split("train", train_limit, "native", reporter)
+    test_split = dataset.load_split("test", test_limit, "native", reporter)
+    result = train(net, train_split, test_split, config, reporter, label=f"training {model.name}",
+                   checkpoint=ckpt, time_budget_s=time_budget_s)
+    buf = io.BytesIO()
+    torch.save(net.state_dict(), buf)
+    data = buf.getvalue()
+    meta = {"sha256": hashlib.sha256(data).hexdigest(), "file": path.name, **recipe, "test_limit": test_limit,
+            "train_images": len(train_split), "test_images": len(test_split), "test_top1": result.test_top1,
+            "epochs_done": result.epochs_done, "resumed_from_epoch": result.resumed_from_epoch,
+            "stopped_by_time_budget": result.stopped_by_time_budget,
+            "time_budget_s": time_budget_s, "train_seconds": round(result.seconds, 2), "history": result.history,
+            "command": command, "provenance": provenance.collect()}
+    atomic_write(path, data, overwrite=True)
+    atomic_write(sidecar_path, (json.dumps(meta, indent=2) + "\n").encode(), overwrite=True)
+    ckpt.unlink(missing_ok=True)
+    return path, meta, True

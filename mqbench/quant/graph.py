@@ -9,7 +9,7 @@ from torch import fx, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
 from mqbench.errors import MqbenchError
-from mqbench.models.layers import ChannelClippedReLU
+from mqbench.layers import ChannelClippedReLU
 
 
 def trace(model: nn.Module) -> fx.GraphModule:

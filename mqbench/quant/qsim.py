@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
-from mqbench.models.layers import ChannelClippedReLU, Conv2dSame, tf_same_pad
+from mqbench.layers import ChannelClippedReLU, Conv2dSame, tf_same_pad
 from mqbench.quant import functional as Q
 from mqbench.quant.estimators import Grid, Observer
 from mqbench.quant.graph import LayerInfo, fold_batchnorm, trace, weighted_layers

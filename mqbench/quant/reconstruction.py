@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mqbench.data import Split
-from mqbench.models.layers import tf_same_pad
+from mqbench.layers import tf_same_pad
 from mqbench.progress import SILENT, Reporter
 from mqbench.quant.qsim import Quantizer, QuantSim
 

@@ -129,7 +129,7 @@ def test_plugin_raising_in_a_cell_fails_only_that_cell(quick_run, boom_env: dict
 @pytest.mark.parametrize(("args", "expected"), [
     (["run", "--model", "quick_cn"], "unknown model 'quick_cn'; did you mean 'quick_cnn'"),
     (["run", "--all", "--method", "minmx"], "unknown method 'minmx'; did you mean 'minmax'"),
-    (["run", "--all", "--backend", "simulate"], "unknown backend 'simulate'; did you mean 'simulated'"),
+    (["run", "--all", "--backend", "simulate"], "unknown runtime 'simulate'; did you mean 'simulated'"),
     (["run", "--suite", "quik"], "unknown suite 'quik'; did you mean 'quick'"),
     (["run", "--all", "--scheme", "w8a9x"], "malformed scheme 'w8a9x'"),
     (["run", "--all", "--method", "fp32+minmax"], "can only be combined with transform steps"),
@@ -216,7 +216,7 @@ def test_plugins_and_list_report_a_backend_whose_runtime_is_missing(tmp_path: Pa
     by_name = {p["name"]: p for p in json.loads(plugins.stdout)}
     missing = "onnxruntime is not installed (pip install onnxruntime)"
     assert by_name["mqbench.backends.ort.runtime"]["unavailable_backends"] == {"ort-qdq": missing, "ort-qoperator": missing}
-    assert by_name["mqbench.backends.ort.toolkit"]["unavailable_backends"] == {"ort-default": missing}
+    assert by_name["mqbench.backends.ort.toolkit"]["unavailable_toolkits"] == {"ort": missing}
     assert by_name["mqbench.backends.torch_ao.runtime"]["unavailable_backends"] == {}
     listed = mqbench("list", "backends", "--json", env=env)
     assert {b["name"]: b["unavailable"] for b in json.loads(listed.stdout)}["ort-qdq"].startswith("onnxruntime is not")

@@ -34,7 +34,8 @@ def test_template_in_plugins_list_and_run(env: dict[str, str], tmp_path: Path) -
     infos = {p["name"]: p for p in json.loads(mqbench("plugins", "--json", env=env).stdout)}
     t = infos["template"]
     assert t["status"] == "loaded" and t["distribution"] == "mqbench-plugin-template"
-    assert t["hooks"] == ["mqbench_register_methods", "mqbench_register_models"]
+    assert t["hooks"] == ["mqbench_register_methods", "mqbench_register_models", "mqbench_register_runtimes",
+                          "mqbench_register_toolkits"]
     models = {m["name"]: m for m in json.loads(mqbench("list", "models", "--json", env=env).stdout)}
     assert models["template_tinycnn"]["plugin"] == "template"
     res = mqbench("run", "--model", "template_tinycnn", "--method", "template_meanstd", "--scheme", "w8a8-pc",

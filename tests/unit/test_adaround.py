@@ -11,10 +11,10 @@ from hypothesis import strategies as st
 from torch import nn
 
 from mqbench.data.synthetic import generate
+from mqbench.layers import Conv2dSame
 from mqbench.methods import StepContext
 from mqbench.methods.adaround import AdaRound, AdaRoundConfig, beta_at, initial_v, rectified_sigmoid, round_layer
 from mqbench.models.builtin import quick_mobilenet_v1
-from mqbench.models.layers import Conv2dSame
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import Quantizer, QuantSim
 from mqbench.quant.reconstruction import LayerData, grouped_weight, layer_rows, patch_rows

@@ -9,11 +9,11 @@ from torch import nn
 
 from mqbench.data import Split
 from mqbench.data.synthetic import generate
+from mqbench.layers import ChannelClippedReLU
 from mqbench.methods import StepContext
 from mqbench.methods.bias_correction import BiasCorrectionConfig, channel_mean, correct_biases
 from mqbench.methods.cle import CLE, CLEConfig, cross_layer_equalize, find_pairs
 from mqbench.models.builtin import quick_mobilenet_v1
-from mqbench.models.layers import ChannelClippedReLU
 from mqbench.models.mobilenet_v2 import MobileNetV2
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import Placement, QuantSim

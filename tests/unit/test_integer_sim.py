@@ -16,9 +16,9 @@ from mqbench.backends.ort.export import export_qdq
 from mqbench.backends.ort.integer_sim import IntegerSimulation, UnsupportedOp
 from mqbench.backends.ort.runtime import OnnxModel, OrtQDQ, cpu_isa, integer_op_summary
 from mqbench.data.synthetic import generate
+from mqbench.layers import Conv2dSame
 from mqbench.methods.cle import CLEConfig, cross_layer_equalize
 from mqbench.models.builtin import quick_mobilenet_v1, quick_mobilenet_v2
-from mqbench.models.layers import Conv2dSame
 from mqbench.plugins import get_plugins
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import Placement, QuantSim

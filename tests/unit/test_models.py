@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mqbench.models.layers import Conv2dSame, tf_same_pad
+from mqbench.layers import Conv2dSame, tf_same_pad
 from mqbench.models.mobilenet_v1 import MobileNetV1
 from mqbench.models.mobilenet_v2 import MobileNetV2
 from mqbench.quant.qsim import QuantSim

@@ -11,9 +11,9 @@ from torch import nn
 from mqbench.backends.ort.export import export_qdq
 from mqbench.backends.ort.runtime import OnnxModel, OrtQDQ, integer_op_summary
 from mqbench.data.synthetic import generate
+from mqbench.layers import Conv2dSame
 from mqbench.metrics.accuracy import agreement
 from mqbench.models.builtin import quick_mobilenet_v1
-from mqbench.models.layers import Conv2dSame
 from mqbench.quant import functional as Q
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import QuantSim

@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from mqbench.backends.ort import mlas
-from mqbench.models.layers import ChannelClippedReLU, tf_same_pad
+from mqbench.layers import ChannelClippedReLU, tf_same_pad
 from mqbench.quant import functional as Q
 from mqbench.quant.qsim import (
     QuantConv2d,

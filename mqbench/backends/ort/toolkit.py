@@ -131,7 +131,7 @@ class OrtToolkit(Toolkit):
             import onnx  # noqa: F401
             import onnxruntime.quantization  # noqa: F401
         except ImportError as exc:
-            return f"{exc.name} is not installed (pip install onnxruntime onnx)"
+            return f"{exc.name} is not installed (pip install {exc.name})"
         return None
 
     def check_scheme(self, scheme: QuantScheme, config: RecipeConfig) -> str | None:

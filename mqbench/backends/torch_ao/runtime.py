@@ -40,7 +40,7 @@ from torch import fx, nn
 
 from mqbench import hookimpl
 from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime
-from mqbench.models.layers import ChannelClippedReLU
+from mqbench.layers import ChannelClippedReLU
 from mqbench.quant import functional as Q
 from mqbench.quant.qsim import Placement, QuantConv2d, Quantizer, QuantLinear, QuantSim
 from mqbench.registry import Registry
@@ -224,7 +224,7 @@ def convert_to_torch_int8(qsim: QuantSim) -> fx.GraphModule:
             qm.scale, qm.zero_point = scale, zp
             arg = env[node.args[0]]
             if isinstance(m, QuantConv2d) and m.tf_same:
-                from mqbench.models.layers import tf_same_pad
+                from mqbench.layers import tf_same_pad
                 arg = graph.call_function(tf_same_pad, (arg, m.kernel_size, m.stride, m.dilation))
             out = graph.call_module(add_module(qm, str(node.target)), (arg,))
             if activation is not None and not relu:

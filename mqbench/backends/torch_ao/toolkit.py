@@ -34,7 +34,7 @@ from mqbench import hookimpl
 from mqbench.backends import Artifact
 from mqbench.backends.torch_ao.runtime import torch_ao_format
 from mqbench.data import Split
-from mqbench.models.layers import Conv2dSame, tf_same_pad
+from mqbench.layers import Conv2dSame, tf_same_pad
 from mqbench.progress import Reporter
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme

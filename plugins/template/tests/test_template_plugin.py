@@ -1,4 +1,6 @@
-"""Tests of the template plugin, run as a plugin author would: the real CLI in a temp project."""
+"""Tests of the template plugin, run as a plugin author would: the real CLI in a temp project, and mqbench's
+conformance check (``mqbench.testing``, a pytest plugin installed with mqbench: its ``mqbench_project`` fixture
+is a temp project) of the plugin's method, toolkit and runtime against every registered runtime and quantizer."""
 
 from __future__ import annotations
 
@@ -11,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 from mqbench_template import MeanStdObserver
+
+from mqbench.testing import Project, check_conformance, conformance_quantizers, run_conformance
 
 
 def mqbench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
@@ -44,7 +48,8 @@ def test_plugin_is_listed(project: tuple[Path, dict[str, str]]) -> None:
     assert res.returncode == 0, res.stderr
     info = {p["name"]: p for p in json.loads(res.stdout)}["template"]
     assert info["status"] == "loaded" and info["source"] == "entry point"
-    assert info["registered"] == {"model": ["template_tinycnn"], "method": ["template_meanstd"]}
+    assert info["registered"] == {"model": ["template_tinycnn"], "method": ["template_meanstd"],
+                                  "runtime": ["template-bf16"], "toolkit": ["template"]}
     models = json.loads(mqbench("list", "models", "--json", cwd=cwd, env=env).stdout)
     assert "template_tinycnn" in {m["name"] for m in models}
 
@@ -62,3 +67,14 @@ def test_plugin_runs_in_a_cell(project: tuple[Path, dict[str, str]]) -> None:
     # 8-bit quantization keeps it within 5 points.
     assert rows["fp32"]["top1"] > 0.4
     assert abs(rows["template_meanstd"]["delta_top1"]) < 0.05
+
+
+def test_the_method_toolkit_and_runtime_conform(mqbench_project: Project) -> None:
+    mine = conformance_quantizers(methods=["template_meanstd", "fp32"], toolkits=["template"])
+    records = run_conformance(mqbench_project, mine)  # on every registered runtime, template-bf16 included
+    for record in records.values():
+        check_conformance(record)
+    assert records["template:meanstd", "ort-qdq"]["status"] == "ok"  # the toolkit's QuantSim runs on ONNX Runtime
+    assert records["template_meanstd", "template-bf16"]["skip_reason"].endswith("not quantsim")
+    bf16 = records["fp32", "template-bf16"]
+    assert bf16["status"] == "ok" and bf16["plugins"]["backend"]["info"]["precision"] == "bf16"
