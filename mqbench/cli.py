@@ -24,6 +24,7 @@ from rich.table import Table
 from mqbench import __version__
 from mqbench.data.paths import DATA_ENV
 from mqbench.errors import UsageError
+from mqbench.harness.execute import EXECUTORS
 from mqbench.metrics.latency import MAX_TIME_S, LatencySettings
 from mqbench.plugins import DISABLE_ENV, Plugins, get_plugins
 from mqbench.progress import Reporter, make_progress
@@ -513,7 +514,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="latency: at least N timed calls per setting, after 3 warm-up calls, 3 to 100000 (default 20)")
     p.add_argument("--latency-time", type=float_in(0.0, MAX_TIME_S), default=2.0, metavar="S",
                    help=f"latency: and at least S seconds of timed calls per setting, 0 to {MAX_TIME_S:g} (default 2)")
-    p.add_argument("--executor", choices=("in-process", "ray"), default="in-process",  # harness.EXECUTORS
+    p.add_argument("--executor", choices=sorted(EXECUTORS), default="in-process",
                    help="where cells run: in this process, one after another (default), or as Ray tasks on a local "
                         "Ray instance or, with --address, an existing cluster (needs: pip install 'mqbench[ray]'); "
                         "records are written here either way")
