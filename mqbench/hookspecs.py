@@ -51,9 +51,9 @@ def mqbench_register_methods(register: Registry[Method]) -> None:
     """Register quantization methods: call ``register(method)`` with a :class:`mqbench.methods.Method`
     instance. A method declares its stage (``transform``, ``calibrate`` or ``refine``), its frozen,
     versioned config dataclass, and implements the function of its stage. A method that trains sets
-    ``needs_training = True``: the runner then gives it the train split and the cell's training budget
+    ``needs_training = True``: the harness then gives it the train split and the cell's training budget
     (``StepContext.train``, ``train_budget_s``) and stores what it reports in ``StepContext.training``.
-    Methods are combined into ``+``-joined pipelines by the runner. Called once when plugins load; the
+    Methods are combined into ``+``-joined pipelines by the harness. Called once when plugins load; the
     return value is ignored.
     """
 

@@ -1,7 +1,7 @@
 """The declared schema of a stored record (schema ``mqbench.record``, version 1), and its validator.
 
 ``RECORD_SCHEMA`` is a JSON Schema (draft 2020-12) of every field that mqbench itself reads back from a record: the
-leaderboards, the published page, the papers section, ``mqbench analyze`` and the runner's resume logic. Fields it
+leaderboards, the published page, the papers section, ``mqbench analyze`` and the harness's resume logic. Fields it
 does not declare may be present (plugins and newer mqbench minor versions add some) and are kept as they are. A file
 that fails the schema is not a record: the store lists it by name with the first problem found and leaves it out
 (never modifies it). ``mqbench store schema`` prints the schema; ``docs/RECORDS.md`` explains the fields.

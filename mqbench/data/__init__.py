@@ -2,7 +2,7 @@
 
 A dataset plugin registers a :class:`DatasetSpec` whose ``load_split`` returns a decoded
 :class:`Split` (uint8 images and int64 labels held in memory). Methods calibrate on the ``calib``
-split, the runner evaluates on the ``test`` split, and training uses ``train``.
+split, the harness evaluates on the ``test`` split, and training uses ``train``.
 """
 
 from __future__ import annotations
@@ -98,10 +98,10 @@ class DatasetSpec:
 
     def check(self, splits: tuple[str, ...] = ("calib", "test")) -> None:
         """Raise UsageError (naming what is expected where) if ``splits`` cannot be loaded; cheap, no decoding.
-        The runner calls it before any work starts."""
+        The harness calls it before any work starts."""
 
     def split_size(self, split: str) -> int | None:
-        """How many examples ``split`` holds, when that is known without decoding (None: unknown). The runner
+        """How many examples ``split`` holds, when that is known without decoding (None: unknown). The harness
         uses it to make ``--limit`` at or above the size the same cell as no limit."""
         return None
 

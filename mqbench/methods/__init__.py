@@ -8,11 +8,11 @@ A method is one step of a pipeline and declares its stage:
 
 A method that trains (``needs_training = True``, e.g. ``qf_sepconv``'s fine-tuning) finds the dataset's
 ``train`` split in ``ctx.train`` and the cell's wall-clock training budget in ``ctx.train_budget_s`` (None:
-none), and writes what its training cost (epochs, seconds, images) into ``ctx.training``; the runner
+none), and writes what its training cost (epochs, seconds, images) into ``ctx.training``; the harness
 stores that in the record under ``training``.
 
 Pipelines are ``+``-joined steps (``cle+mse+bias_correction``); a step is a method name, optionally
-with parameters: ``percentile(percentile=99.9)``, ``mse(targets=activations)``. The runner orders the
+with parameters: ``percentile(percentile=99.9)``, ``mse(targets=activations)``. The harness orders the
 steps by stage and rejects impossible pipelines before any work: a refine step without a calibrate
 step, two calibrate steps for the same tensors (``calibrates``), tensors the scheme quantizes that no
 step calibrates, or a scheme a step cannot serve (``check_scheme``). Each method's parameters are a
@@ -86,7 +86,7 @@ class Method:
     description: str = ""
     version: str = "1"
     quantizes: bool = True
-    needs_training: bool = False  # True: the runner supplies the train split and the cell's training budget
+    needs_training: bool = False  # True: the harness supplies the train split and the cell's training budget
     config_type: type[MethodConfig] = NoConfig
 
     def default_config(self) -> MethodConfig:

@@ -5,7 +5,7 @@ during training, with the remedies they propose.
 
 Each is a refine step that trains (``needs_training``): it starts from the qparams the pipeline's
 calibrate step chose (``minmax`` or ``msqe``: "initialised by"), then trains the QuantSim's weights
-(BatchNorm already folded into them) together with the quantizers on the train split the runner
+(BatchNorm already folded into them) together with the quantizers on the train split the harness
 supplies, with the straight-through estimator (STE) for rounding, SGD with Nesterov momentum and a
 one-cycle cosine schedule (:func:`mqbench.train.train`), flip and random-crop augmentation, for
 ``epochs`` epochs or until the cell's training budget is spent. With ``distill`` above 0 the loss mixes in the float
@@ -313,7 +313,7 @@ class _QAT(Method):
 
         assert isinstance(config, QATConfig)
         if ctx.train is None:
-            raise UsageError(f"{self.name} trains on the train split, and the runner gave it none")
+            raise UsageError(f"{self.name} trains on the train split, and the harness gave it none")
         split = ctx.train.head(config.train_limit or None)
         sigma = config.outlier_sigma if isinstance(config, MSQEQATConfig) else 2.0
         learned_acts = self.kind == "lsq"  # TQT and the MSQE class are weight quantizers here (Bae et al.'s study)

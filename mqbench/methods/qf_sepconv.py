@@ -20,7 +20,7 @@ fine-tunes it:
    result has the key layout of ``qf_mobilenet_v1`` ({0 depthwise, 1 pointwise, 2 BN, 3 ReLU}), so its state
    dict loads there.
 2. **Fine-tuning** (:func:`mqbench.train.train`: SGD with Nesterov momentum, one-cycle cosine schedule,
-   flip and random-crop augmentation, seeded data order) on the train split the runner supplies, for
+   flip and random-crop augmentation, seeded data order) on the train split the harness supplies, for
    ``epochs`` epochs or until the cell's training budget (``mqbench run --train-budget S``) is spent. The
    paper's L2 penalty ``lambda/2 * ||w_dw||^2`` on the depthwise weights is, for SGD, exactly weight decay
    ``lambda`` on them (``depthwise_l2``); the other weights keep ``weight_decay``.
@@ -147,7 +147,7 @@ class QFSepConv(Method):
         if config.epochs == 0:
             return converted
         if ctx.train is None:
-            raise UsageError("qf_sepconv fine-tunes on the train split, and the runner gave it none")
+            raise UsageError("qf_sepconv fine-tunes on the train split, and the harness gave it none")
         split = ctx.train.head(config.train_limit or None)
         train_config = TrainConfig(epochs=config.epochs, batch_size=config.batch_size, lr=config.lr,
                                    weight_decay=config.weight_decay, seed=ctx.seed, crop_padding=config.crop_padding,
