@@ -17,6 +17,11 @@ class UnsupportedArtifact(MqbenchError, ValueError):
     skipped with the message as its reason."""
 
 
+class IntegerSimulationUnavailable(MqbenchError, RuntimeError):
+    """A runtime's integer simulation does not model something in this graph: the cell is still deployed and
+    measured, and its record says why there is no integer simulation (``integer_sim_unavailable``)."""
+
+
 class UsageError(MqbenchError):
     """Bad input from the user: a name, an option, a scheme string. The CLI exits 2."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from mqbench.errors import IntegerSimulationUnavailable
 from mqbench.harness.flows import CellRun
 from mqbench.harness.quantizer import ToolkitRecipe
 from mqbench.metrics.accuracy import agreement
@@ -61,8 +62,6 @@ def _layerwise(run: CellRun) -> None:
 
 
 def _integer_sim(run: CellRun) -> None:
-    from mqbench.backends.ort.integer_sim import UnsupportedOp
-
     assert run.qsim is not None
     exact = run.cell.runtime.integer_simulation(run.qsim)
     if exact is None:
@@ -70,7 +69,7 @@ def _integer_sim(run: CellRun) -> None:
     with run.timer("evaluate_integer_sim"):
         try:
             run.evaluate("integer_sim", exact, "integer sim")
-        except UnsupportedOp as exc:  # the deployment is still measured; say why no integer simulation
+        except IntegerSimulationUnavailable as exc:  # the deployment is still measured; say why no integer simulation
             run.record["integer_sim_unavailable"] = str(exc)
 
 

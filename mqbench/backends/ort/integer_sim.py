@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from mqbench.backends.ort import mlas
+from mqbench.errors import IntegerSimulationUnavailable
 from mqbench.layers import ChannelClippedReLU, tf_same_pad
 from mqbench.quant import functional as Q
 from mqbench.quant.qsim import (
@@ -48,7 +49,7 @@ from mqbench.quant.qsim import (
 F64 = torch.float64
 
 
-class UnsupportedOp(RuntimeError):
+class UnsupportedOp(IntegerSimulationUnavailable):
     """The graph holds an op the integer simulation does not model."""
 
 
