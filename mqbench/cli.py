@@ -21,10 +21,11 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from mqbench import __version__
+from mqbench import __version__, allocator
 from mqbench.data.paths import DATA_ENV
 from mqbench.errors import UsageError
 from mqbench.harness.execute import EXECUTORS
+from mqbench.harness.workspace import EVAL_BATCH_SIZE
 from mqbench.metrics.latency import MAX_TIME_S, LatencySettings
 from mqbench.plugins import DISABLE_ENV, Plugins, get_plugins
 from mqbench.progress import Reporter, make_progress
@@ -224,7 +225,8 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
         timing = None if args.no_latency else LatencySettings(min_runs=args.latency_runs, min_time_s=args.latency_time)
     except ValueError as exc:
         raise UsageError(f"--latency-runs / --latency-time: {exc}") from None
-    ws = harness.Workspace(plugins, Reporter(progress), batch_size=args.batch_size, latency=timing)
+    ws = harness.Workspace(plugins, Reporter(progress), batch_size=args.batch_size, latency=timing,
+                           eval_batch_size=args.eval_batch_size)
 
     def report(record: dict[str, Any]) -> None:
         c = record["config"]
@@ -501,7 +503,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--limit", type=IMAGES, metavar="N", help="evaluate on the first N test images only (a limit "
                    "above the split's size is the whole split, the same cell)")
     p.add_argument("--batch-size", type=BATCH, default=256, metavar="N",
-                   help="evaluation batch size, 1 to 65536 (default 256)")
+                   help="batch of the calibration passes (the batches a method's observers see), 1 to 65536 "
+                        "(default 256)")
+    p.add_argument("--eval-batch-size", type=BATCH, default=EVAL_BATCH_SIZE, metavar="N",
+                   help=f"evaluation batch, 1 to 65536 (default {EVAL_BATCH_SIZE}); the logits do not depend on it, "
+                        "small batches are faster on a CPU (activations stay in cache)")
     p.add_argument("--train-budget", type=SECONDS, metavar="S",
                    help="wall-clock budget in seconds of each training step of a pipeline (qf_sepconv's fine-tuning): "
                         "it stops at the end of the epoch after which another would not fit, and the record says so; "
@@ -559,7 +565,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="rerun the cells even when their analysis is stored")
     p.add_argument("--limit", type=IMAGES, metavar="N", help="evaluate accuracy on the first N test images only")
     p.add_argument("--batch-size", type=BATCH, default=256, metavar="N",
-                   help="evaluation batch size, 1 to 65536 (default 256)")
+                   help="batch of the calibration passes, 1 to 65536 (default 256)")
+    p.add_argument("--eval-batch-size", type=BATCH, default=EVAL_BATCH_SIZE, metavar="N",
+                   help=f"evaluation batch, 1 to 65536 (default {EVAL_BATCH_SIZE}); the logits do not depend on it")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no per-layer tables")
     p.set_defaults(func=cmd_analyze)
 
@@ -643,6 +651,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        allocator.tune()
         plugins = get_plugins()
         return int(args.func(args, plugins))
     except UsageError as exc:

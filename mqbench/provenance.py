@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mqbench import __version__
+from mqbench import __version__, allocator
 
 ISA_FLAGS = ("avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8", "asimd", "sve")
 
@@ -72,4 +72,5 @@ def collect(packages: Sequence[str] = ("onnxruntime",)) -> dict[str, Any]:
         "pluggy": _version("pluggy"),
         "cpu": cpu_info(),
         "threads": torch.get_num_threads(),
+        "allocator": allocator.state(),
     }

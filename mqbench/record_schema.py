@@ -66,7 +66,7 @@ PLUGIN_REF = obj({"name": STR, "plugin": STR, "distribution": STR_OR_NULL, "plug
 SPLIT_INFO = obj({"split": STR, "size": COUNT, "fingerprint": STR})
 CPU = obj({"model": STR, "machine": STR, "isa": {"type": "array", "items": STR}})
 PROVENANCE = obj({"mqbench": STR, "torch": STR, "onnxruntime": STR_OR_NULL, "packages": obj(values=STR_OR_NULL),
-                  "threads": {"type": ["integer", "null"]},
+                  "threads": {"type": ["integer", "null"]}, "allocator": obj({"tuned": {"type": "boolean"}}, ("tuned",)),
                   "cpu": CPU, "git": obj({"commit": STR_OR_NULL, "dirty": {"type": ["boolean", "null"]}})})
 ERROR = obj({"type": STR, "message": STR, "traceback": STR, "attempts": COUNT}, ("type", "message"))
 ATTACHMENT = obj({"path": {"type": "string", "minLength": 1}, "sha256": STR, "bytes": COUNT}, ("path", "sha256"))

@@ -16,13 +16,13 @@ import time
 import torch
 
 from mqbench.data import Split
+from mqbench.harness.workspace import Workspace
 from mqbench.methods import StepContext
 from mqbench.methods.mse import MSE, MSEConfig
 from mqbench.methods.qat import LSQQAT, QATConfig
 from mqbench.plugins import Plugins
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import QuantSim
-from mqbench.runner import Workspace
 from mqbench.schemes import parse_scheme
 
 

@@ -17,8 +17,8 @@ differences, not of a wrong quantization parameter (which would differ everywher
     python scripts/ort_rounding_evidence.py mobilenet_v2 tf2ptq --scheme w8a8-pc --images 256
 
 The arithmetic of those kernels (QLinearConv / QGemm requantization, QLinearAdd, QLinearGlobalAveragePool) is
-reproduced in :mod:`mqbench.quant.mlas`; the integer simulation built on it (``integer sim`` below,
-:class:`mqbench.quant.integer_sim.IntegerSimulation`) gives the integer run's logits bit for bit.
+reproduced in :mod:`mqbench.backends.ort.mlas`; the integer simulation built on it (``integer sim`` below,
+:class:`mqbench.backends.ort.integer_sim.IntegerSimulation`) gives the integer run's logits bit for bit.
 """
 
 from __future__ import annotations
@@ -29,15 +29,16 @@ import os
 import numpy as np
 import torch
 
-from mqbench.backends.ort_int8 import OrtQDQ, export_qdq
+from mqbench.backends.ort.export import export_qdq
+from mqbench.backends.ort.integer_sim import IntegerSimulation
+from mqbench.backends.ort.runtime import OrtQDQ
 from mqbench.data import Split
 from mqbench.data.paths import DATA_ENV
+from mqbench.harness.workspace import Workspace
 from mqbench.metrics.accuracy import agreement
 from mqbench.plugins import get_plugins
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
-from mqbench.quant.integer_sim import IntegerSimulation
 from mqbench.quant.qsim import QuantSim
-from mqbench.runner import Workspace
 from mqbench.schemes import parse_scheme
 
 

@@ -66,7 +66,7 @@ class CellRun:
 
     def evaluate(self, which: str, model: Callable[[torch.Tensor], torch.Tensor], label: str) -> None:
         """Evaluate ``model`` on the cell's evaluation split as ``which`` (``sim``, ``deployed``, ``integer_sim``)."""
-        self.evaluations[which] = evaluate(model, self.evalset, self.ws.batch_size, self.ws.reporter, label)
+        self.evaluations[which] = evaluate(model, self.evalset, self.ws.eval_batch_size, self.ws.reporter, label)
 
 
 Flow = Callable[[CellRun], None]

@@ -34,6 +34,7 @@ from typing import Any
 
 import torch
 
+from mqbench import allocator
 from mqbench.errors import UsageError
 from mqbench.harness.cell import Cell
 from mqbench.harness.execute import run_cell
@@ -113,7 +114,8 @@ class RayExecutor:
         try:
             self._check_feasible()
             split_refs, weight_refs = self._share_inputs(cells, ws)
-            settings = _Settings(ws.plugins.recipe, ws.batch_size, ws.latency, cfg.cpus_per_cell, cfg.gpus_per_cell)
+            settings = _Settings(ws.plugins.recipe, ws.batch_size, ws.latency, cfg.cpus_per_cell, cfg.gpus_per_cell,
+                                 ws.eval_batch_size)
             task = ray.remote(_run_cell_task).options(
                 num_cpus=cfg.cpus_per_cell, num_gpus=cfg.gpus_per_cell, max_retries=cfg.max_retries,
                 retry_exceptions=True, name="mqbench-cell")
@@ -196,6 +198,7 @@ class _Settings:
     latency: LatencySettings | None
     cpus_per_cell: float
     gpus_per_cell: float
+    eval_batch_size: int
 
 
 # Per worker process: one Workspace per settings, kept across tasks (decoded splits, weights, plugins).
@@ -207,11 +210,13 @@ def _run_cell_task(cell: Cell, settings: _Settings,
     """A Ray task: run one cell in this worker and return its record (never written here)."""
     import ray
 
+    allocator.tune()
     ws = _WORKSPACES.get(settings)
     if ws is None:
         builtins, entry_points, disable = settings.plugins_recipe
         plugins = Plugins(builtins, entry_points, set(disable))
-        ws = _WORKSPACES[settings] = Workspace(plugins, SILENT, settings.batch_size, settings.latency)
+        ws = _WORKSPACES[settings] = Workspace(plugins, SILENT, settings.batch_size, settings.latency,
+                                                     settings.eval_batch_size)
     split_inputs, weight_inputs = inputs
     ws.adopt({key: ray.get(ref) for key, ref in split_inputs if not ws.has(key)},
              {key: ray.get(ref) for key, ref in weight_inputs if not ws.has(key)})

@@ -18,15 +18,23 @@ from mqbench.models.weights import ResolvedWeights, load_into, resolve_weights
 from mqbench.plugins import Plugins
 from mqbench.progress import SILENT, Reporter
 
+# The evaluation batch. Logits do not depend on it (every evaluated model computes each image on its own, bit for
+# bit: tests/unit/test_eval_batch.py); small batches keep a MobileNet's activations in cache and out of the kernel's
+# page-fault path (scripts/bench_cells.py measures the difference).
+EVAL_BATCH_SIZE = 32
+
 
 class Workspace:
-    """Per-process caches shared by the cells of a run: decoded splits and float weights."""
+    """Per-process caches shared by the cells of a run: decoded splits and float weights. ``batch_size``: the batch
+    of the passes methods make over the calibration split (observers see batches of it); ``eval_batch_size``: the
+    batch of every evaluation."""
 
     def __init__(self, plugins: Plugins, reporter: Reporter = SILENT, batch_size: int = 256,
-                 latency: LatencySettings | None = None) -> None:
+                 latency: LatencySettings | None = None, eval_batch_size: int = EVAL_BATCH_SIZE) -> None:
         self.plugins = plugins
         self.reporter = reporter
         self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
         self.latency = latency  # None: no latency measurement (mqbench run measures it unless --no-latency)
         self._splits: dict[tuple[str, str, int | None, str], Split] = {}
         self._weights: dict[tuple[str, str], Any] = {}
@@ -90,4 +98,4 @@ def evaluate(model: Callable[[torch.Tensor], torch.Tensor], split: Split, batch_
     return Evaluation(torch.cat(logits), split.labels, name)
 
 
-__all__ = ["Workspace", "evaluate"]
+__all__ = ["EVAL_BATCH_SIZE", "Workspace", "evaluate"]

@@ -98,8 +98,9 @@ class Quantizer(nn.Module):
             return self.learned(x)
         if self.scale is None or self.zero_point is None:
             raise RuntimeError(f"quantizer {self.name} has no qparams: the pipeline needs a calibrate step")
+        # An activation's NaN propagates to the logits, which every evaluation refuses (no pass over x to check it).
         return Q.fake_quantize(x, self.scale, self.zero_point, qmin=self.saturate_min, qmax=self.saturate_max,
-                               axis=self.axis)
+                               axis=self.axis, check_finite=self.kind == "weight")
 
     def export(self) -> dict[str, Any]:
         """JSON-serialisable qparams and settings."""

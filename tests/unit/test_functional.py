@@ -164,3 +164,37 @@ def test_fused_inference_path_equals_the_reference_arithmetic(r, bits, symmetric
     assert torch.equal(fused, unfused)
     assert torch.equal(Q.dequantize(Q.quantize(x, scale, zp, qmin=qmin, qmax=qmax, axis=axis), scale, zp, axis=axis),
                        fused)
+
+
+@settings(max_examples=300, deadline=None)
+@given(r=ranges(), bits=st.integers(2, 8), symmetric=st.booleans(), signed=st.booleans(), seed=st.integers(0, 2**16),
+       spread=st.floats(1.0, 4.0))
+def test_vectorised_per_tensor_fake_quantize_equals_torchs_kernel_bit_for_bit(r, bits, symmetric, signed, seed,
+                                                                               spread) -> None:
+    """The inference path (the QuantSim's activations) computes what torch.fake_quantize_per_tensor_affine does,
+    on values inside and far outside the range and on exact rounding ties."""
+    lo, hi = r
+    if symmetric and not signed:
+        lo, hi = max(lo, 0.0), max(hi, 0.0)
+    scale, zp = _qp(lo, hi, bits, symmetric, signed)
+    qmin, qmax = Q.quant_range(bits, signed)
+    g = torch.Generator().manual_seed(seed)
+    mid, half = (lo + hi) / 2, max(hi - lo, 1e-3) / 2 * spread
+    x = mid + half * (2 * torch.rand(4096, generator=g) - 1)
+    ties = (torch.arange(qmin - zp.item() - 2, qmax - zp.item() + 2, dtype=torch.float32) + 0.5) * scale
+    x = torch.cat([x, ties, -ties, torch.tensor([0.0, -0.0, 3e38, -3e38])])
+    ours = Q.fake_quantize_per_tensor_inference(x, scale, int(zp), qmin=qmin, qmax=qmax)
+    torchs = torch.fake_quantize_per_tensor_affine(x, float(scale), int(zp), qmin, qmax)
+    assert torch.equal(ours, torchs)
+
+
+def test_nan_propagates_per_tensor_when_the_caller_does_not_check() -> None:
+    """check_finite=False: a NaN stays NaN (the evaluation refuses it at the logits) instead of becoming a code, as
+    torch's kernel would make it; per channel, where torch's kernel is used, the check is never skipped."""
+    x = torch.tensor([0.5, float("nan"), 1.0])
+    y = Q.fake_quantize(x, torch.tensor(0.1), torch.tensor(0), qmin=0, qmax=255, check_finite=False)
+    assert torch.isnan(y).tolist() == [False, True, False]
+    assert torch.fake_quantize_per_tensor_affine(x, 0.1, 0, 0, 255).isfinite().all()  # what the check guards against
+    with pytest.raises(ValueError, match="NaN"):
+        Q.fake_quantize(x.view(3, 1), torch.full((3,), 0.1), torch.zeros(3, dtype=torch.int64), qmin=0, qmax=255,
+                        axis=0, check_finite=False)

@@ -62,7 +62,12 @@ class Codes:
     zero_point: int
 
     def centered(self) -> torch.Tensor:
-        return self.q - float(self.zero_point)
+        return self.q - float(self.zero_point) if self.zero_point else self.q
+
+    def max_abs_centered(self) -> float:
+        """``max |q - zero_point|`` (for the accumulator's bound), in one pass over the codes."""
+        lo, hi = torch.aminmax(self.q)
+        return max(abs(float(lo) - self.zero_point), abs(float(hi) - self.zero_point))
 
 
 @dataclass
@@ -138,6 +143,9 @@ class IntegerSimulation(nn.Module):
                              "for a runtime that adds float biases")
         self.qsim = qsim
         self.modules_by_name = dict(qsim.model.named_modules())
+        # Per layer: weight codes minus zero point (float64), weight scale, and the largest row sum of |codes|.
+        # Computed on first use and kept: the simulation evaluates a QuantSim whose qparams no longer change.
+        self._weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -222,11 +230,14 @@ class IntegerSimulation(nn.Module):
     def _layer(self, layer: QuantConv2d | QuantLinear, x: Any, name: str) -> Pending:
         if not isinstance(x, Codes):
             raise UnsupportedOp(f"layer {name} takes a float input: the integer simulation needs its input quantized")
-        w, w_scale = _weight_codes(layer)
-        xi = x.centered()
+        if name not in self._weights:
+            codes, scale = _weight_codes(layer)
+            self._weights[name] = codes, scale, float(codes.abs().flatten(1).sum(1).max())
+        w, w_scale, w_row_sum = self._weights[name]
         bias = None if layer.bias is None else mlas.bias_codes(layer.bias.detach(), x.scale, w_scale)
         # float32 sums integers exactly while every partial sum stays below 2**24; otherwise float64.
-        bound = float(xi.abs().max()) * float(w.abs().flatten(1).sum(1).max())
+        bound = x.max_abs_centered() * w_row_sum
+        xi = x.centered()
         bound += 0.0 if bias is None else float(bias.abs().max())
         dtype = torch.float32 if bound < 2 ** 24 else F64
         xi, w = xi.to(dtype), w.to(dtype)
