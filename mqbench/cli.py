@@ -226,7 +226,8 @@ def _run_cells(args: argparse.Namespace, plugins: Plugins, suite_name: str, cell
     except ValueError as exc:
         raise UsageError(f"--latency-runs / --latency-time: {exc}") from None
     ws = harness.Workspace(plugins, Reporter(progress), batch_size=args.batch_size, latency=timing,
-                           eval_batch_size=args.eval_batch_size)
+                           eval_batch_size=args.eval_batch_size,
+                           integer_sim=not getattr(args, "no_integer_sim", False))
 
     def report(record: dict[str, Any]) -> None:
         c = record["config"]
@@ -513,13 +514,21 @@ def build_parser() -> argparse.ArgumentParser:
                         "it stops at the end of the epoch after which another would not fit, and the record says so; "
                         "part of the cell's config (default: none, the step's epochs run in full)")
     p.add_argument("--quiet", action="store_true", help="no progress bars and no final table")
+    p.add_argument("--no-integer-sim", action="store_true",
+                   help="skip the runtime's integer simulation (ort-qdq, ort-qoperator: the QuantSim in ONNX Runtime's "
+                        "own arithmetic, about as costly as the simulation's evaluation); the record says it was not "
+                        "run (integer_sim_unavailable), and it is the same cell: a later run without the switch finds "
+                        "it stored (--force adds a record with it)")
     p.add_argument("--no-latency", action="store_true",
                    help="skip the latency measurement of real-kernel backends (by default each such cell times "
                         "the deployed and the float model at batch 1 and 32, with 1 thread and every core)")
-    p.add_argument("--latency-runs", type=int_in(3, 100_000), default=20, metavar="N",
-                   help="latency: at least N timed calls per setting, after 3 warm-up calls, 3 to 100000 (default 20)")
-    p.add_argument("--latency-time", type=float_in(0.0, MAX_TIME_S), default=2.0, metavar="S",
-                   help=f"latency: and at least S seconds of timed calls per setting, 0 to {MAX_TIME_S:g} (default 2)")
+    p.add_argument("--latency-runs", type=int_in(3, 100_000), default=LatencySettings.min_runs, metavar="N",
+                   help="latency: at least N timed calls per setting, after 3 warm-up calls, 3 to 100000 "
+                        f"(default {LatencySettings.min_runs})")
+    p.add_argument("--latency-time", type=float_in(0.0, MAX_TIME_S), default=LatencySettings.min_time_s, metavar="S",
+                   help=f"latency: and at least S seconds of timed calls per setting, 0 to {MAX_TIME_S:g} "
+                        f"(default {LatencySettings.min_time_s:g}); the float model is timed once per runtime and "
+                        "model in a run, and the cells that share it say so (float_reused_in_process)")
     p.add_argument("--executor", choices=sorted(EXECUTORS), default="in-process",
                    help="where cells run: in this process, one after another (default), or as Ray tasks on a local "
                         "Ray instance or, with --address, an existing cluster (needs: pip install 'mqbench[ray]'); "

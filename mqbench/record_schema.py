@@ -46,7 +46,8 @@ AGREEMENT = obj({"top1_agreement": SHARE, "images": COUNT, "logit_sqnr_db": NUMB
 TIMED = obj({"batch_size": COUNT, "threads": COUNT, "median_ms": NUMBER_OR_NULL, "images_per_s": NUMBER_OR_NULL})
 LATENCY = obj({"cores": {"type": ["integer", "null"], "minimum": 0}, "deployed": obj(values=TIMED),
                "float": obj(values=TIMED), "speedup": obj(values=NUMBER_OR_NULL),
-               "size_bytes": obj(values={"type": ["integer", "null"], "minimum": 0})})
+               "size_bytes": obj(values={"type": ["integer", "null"], "minimum": 0}),
+               "float_reused_in_process": {"type": "boolean"}})
 DROP = obj({"layer": STR, "kind": STR, "sqnr_db": NUMBER_OR_NULL, "drop_db": NUMBER}, ("layer", "drop_db"))
 LOCAL = obj({"layer": STR, "kind": STR, "sqnr_db": NUMBER}, ("layer", "kind", "sqnr_db"))
 LAYERWISE = obj({"images": COUNT, "layers": COUNT, "split": STR, "final_sqnr_db": NUMBER_OR_NULL,
@@ -85,6 +86,7 @@ RECORD_SCHEMA: dict[str, Any] = {
         "metrics": obj(values=obj({"accuracy": ACCURACY}, values=obj())),
         "agreement": AGREEMENT, "agreement_integer_sim": AGREEMENT, "latency": LATENCY, "layerwise": LAYERWISE,
         "layerwise_unavailable": STR, "integer_sim_unavailable": STR,
+        "quantsim_reused_in_process": obj({"from_backend": STR, "timings_s": obj(values=NUMBER)}, ("from_backend",)),
         "timings_s": obj(values=NUMBER), "training": obj(values=obj({"seconds": NUMBER_OR_NULL})),
         "method_notes": obj(), "qparams_summary": obj(values=COUNT),
         "deployment": obj(values=obj({"float_compute_ops": obj(values=COUNT)})),

@@ -17,7 +17,7 @@ import json
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
@@ -103,20 +103,11 @@ def toolkit_flow(run: CellRun) -> None:
 
 
 def quantsim_flow(run: CellRun) -> None:
-    """An mqbench pipeline: QuantSim placed for the runtime, calibrated, refined, simulated, then deployed."""
-    pipeline, runtime = run.cell.quantizer, run.cell.runtime
-    assert isinstance(pipeline, Pipeline)
-    with run.timer("prepare"):
-        qsim = QuantSim.from_float(run.model, run.cell.scheme, runtime.placement(run.cell.scheme))
-    for step in pipeline.stage("calibrate"):
-        with run.timer(f"calibrate:{step.name}"):
-            step.method.calibrate(qsim, run.calib, step.config, run.ctx)
-    for step in pipeline.stage("refine"):
-        with run.timer(f"refine:{step.name}"):
-            step.method.refine(qsim, run.model, run.calib, step.config, run.ctx)
-    run.qsim = qsim
-    with run.timer("evaluate_sim"):
-        run.evaluate("sim", qsim.eval(), "sim")
+    """An mqbench pipeline: QuantSim placed for the runtime, calibrated, refined, simulated, then deployed. Runtimes
+    that place quantizers alike share one QuantSim and its simulation within a process (:func:`_simulated`)."""
+    runtime = run.cell.runtime
+    run.qsim = _simulated(run)
+    qsim = run.qsim
     run.record["qparams_summary"] = {"weight_quantizers": len(qsim.weight_quantizers),
                                      "activation_quantizers": len(qsim.act_quantizers)}
     if runtime.deploys:
@@ -124,6 +115,52 @@ def quantsim_flow(run: CellRun) -> None:
             run.deployed = runtime.load(Artifact(QUANTSIM, qsim))
         with run.timer("evaluate_deployed"):
             run.evaluate("deployed", run.deployed, "deployed")
+
+
+def _simulated(run: CellRun) -> QuantSim:
+    """The cell's calibrated, refined QuantSim with its ``sim`` evaluation. The cells of a run that differ only in a
+    runtime placing quantizers the same way (ort-qdq and ort-qoperator; the torch engines) get the first one's, a
+    copy: same model, steps, scheme, placement, seed and data give the same QuantSim, so it is computed once; the
+    record says ``quantsim_reused_in_process`` and what the computation cost where it was made."""
+    pipeline, c = run.cell.quantizer, run.cell.cell
+    assert isinstance(pipeline, Pipeline)
+    placement = run.cell.runtime.placement(run.cell.scheme)
+    key = json.dumps([c.model, c.weights, [s.text for s in pipeline.steps], run.cell.scheme.name, asdict(placement), c.seed,
+                      run.cell.split_keys, c.train_budget_s, run.ws.batch_size], default=str)
+    if key in run.ws.simulated:
+        made = run.ws.simulated[key]
+        run.ctx.notes.update(copy.deepcopy(made.notes))
+        run.ctx.training.update({name: {**cost, "reused_in_process": True} for name, cost in made.training.items()})
+        run.evaluations["sim"] = made.evaluation
+        run.record["quantsim_reused_in_process"] = {"from_backend": made.runtime, "timings_s": dict(made.timings)}
+        return copy.deepcopy(made.qsim)
+    before = set(run.timer.timings)
+    with run.timer("prepare"):
+        qsim = QuantSim.from_float(run.model, run.cell.scheme, placement)
+    for step in pipeline.stage("calibrate"):
+        with run.timer(f"calibrate:{step.name}"):
+            step.method.calibrate(qsim, run.calib, step.config, run.ctx)
+    for step in pipeline.stage("refine"):
+        with run.timer(f"refine:{step.name}"):
+            step.method.refine(qsim, run.model, run.calib, step.config, run.ctx)
+    with run.timer("evaluate_sim"):
+        run.evaluate("sim", qsim.eval(), "sim")
+    timings = {k: v for k, v in run.timer.timings.items() if k not in before}
+    run.ws.simulated[key] = Simulated(copy.deepcopy(qsim), run.evaluations["sim"], run.cell.runtime.name, timings,
+                                      copy.deepcopy(run.ctx.notes), copy.deepcopy(run.ctx.training))
+    return qsim
+
+
+@dataclass(frozen=True)
+class Simulated:
+    """A QuantSim made by a cell, kept in the Workspace for the cells that share it (:func:`_simulated`)."""
+
+    qsim: QuantSim
+    evaluation: Evaluation
+    runtime: str
+    timings: dict[str, float]
+    notes: dict[str, Any]
+    training: dict[str, Any]
 
 
 def transformed(model: nn.Module, cell: ResolvedCell, ctx: StepContext, ws: Workspace, timer: Timer) -> nn.Module:
@@ -156,4 +193,4 @@ def _apply(model: nn.Module, steps: list[Step], ctx: StepContext, timer: Timer) 
     return model
 
 
-__all__ = ["CellRun", "Flow", "Timer", "float_flow", "flow_of", "quantsim_flow", "toolkit_flow", "transformed"]
+__all__ = ["CellRun", "Flow", "Simulated", "Timer", "float_flow", "flow_of", "quantsim_flow", "toolkit_flow", "transformed"]

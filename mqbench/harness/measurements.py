@@ -9,14 +9,15 @@ float fallbacks included), latency (unless ``--no-latency``), and the metric plu
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from mqbench.errors import IntegerSimulationUnavailable
 from mqbench.harness.flows import CellRun
 from mqbench.harness.quantizer import ToolkitRecipe
 from mqbench.metrics.accuracy import agreement
-from mqbench.metrics.latency import measure_cell
+from mqbench.metrics.latency import measure_cell, measure_float
 from mqbench.metrics.layerwise import analyze
 from mqbench.store import ATTACHMENTS_KEY
 
@@ -63,6 +64,10 @@ def _layerwise(run: CellRun) -> None:
 
 def _integer_sim(run: CellRun) -> None:
     assert run.qsim is not None
+    if not run.ws.integer_sim:
+        if run.cell.runtime.integer_simulation(run.qsim) is not None:
+            run.record["integer_sim_unavailable"] = "not run (--no-integer-sim)"
+        return
     exact = run.cell.runtime.integer_simulation(run.qsim)
     if exact is None:
         return
@@ -91,9 +96,28 @@ def _latency(run: CellRun) -> None:
     settings, runtime = run.ws.latency, run.cell.runtime
     assert settings is not None and run.deployed is not None
     with run.timer("latency"):
-        float_model = None if run.cell.scheme.is_float else runtime.load(Artifact(FLOAT, run.model))
         images = next(iter(run.evalset.batches(max(settings.batch_sizes))))[0]
-        run.record["latency"] = measure_cell(run.deployed, float_model, images, settings, run.ws.reporter)
+        float_figures, reused = None, False
+        if not run.cell.scheme.is_float:  # the float reference, once per process for the cells that share it
+            key = _float_latency_key(run)
+            reused = key in run.ws.float_latency
+            if not reused:
+                float_model = runtime.load(Artifact(FLOAT, run.model))
+                run.ws.float_latency[key] = measure_float(float_model, images, settings, run.ws.reporter)
+            float_figures = run.ws.float_latency[key]
+        run.record["latency"] = measure_cell(run.deployed, None, images, settings, run.ws.reporter, float_figures)
+        if reused:
+            run.record["latency"]["float_reused_in_process"] = True
+
+
+def _float_latency_key(run: CellRun) -> str:
+    """What the float model's latency depends on: the runtime (and what it says of itself), the model, its weights
+    and transform steps, the timing settings and the images."""
+    c, pipeline = run.cell.cell, run.cell.pipeline
+    transforms = [s.text for s in pipeline.stage("transform")] if pipeline else []
+    return json.dumps([run.cell.runtime.name, run.cell.runtime.info(), c.model, c.weights, transforms, c.seed,
+                       c.train_budget_s, run.cell.split_keys, asdict(run.ws.latency) if run.ws.latency else None],
+                      sort_keys=True, default=str)
 
 
 def _metrics(run: CellRun) -> None:

@@ -115,7 +115,7 @@ class RayExecutor:
             self._check_feasible()
             split_refs, weight_refs = self._share_inputs(cells, ws)
             settings = _Settings(ws.plugins.recipe, ws.batch_size, ws.latency, cfg.cpus_per_cell, cfg.gpus_per_cell,
-                                 ws.eval_batch_size)
+                                 ws.eval_batch_size, ws.integer_sim)
             task = ray.remote(_run_cell_task).options(
                 num_cpus=cfg.cpus_per_cell, num_gpus=cfg.gpus_per_cell, max_retries=cfg.max_retries,
                 retry_exceptions=True, name="mqbench-cell")
@@ -199,6 +199,7 @@ class _Settings:
     cpus_per_cell: float
     gpus_per_cell: float
     eval_batch_size: int
+    integer_sim: bool
 
 
 # Per worker process: one Workspace per settings, kept across tasks (decoded splits, weights, plugins).
@@ -216,7 +217,7 @@ def _run_cell_task(cell: Cell, settings: _Settings,
         builtins, entry_points, disable = settings.plugins_recipe
         plugins = Plugins(builtins, entry_points, set(disable))
         ws = _WORKSPACES[settings] = Workspace(plugins, SILENT, settings.batch_size, settings.latency,
-                                                     settings.eval_batch_size)
+                                                     settings.eval_batch_size, settings.integer_sim)
     split_inputs, weight_inputs = inputs
     ws.adopt({key: ray.get(ref) for key, ref in split_inputs if not ws.has(key)},
              {key: ray.get(ref) for key, ref in weight_inputs if not ws.has(key)})

@@ -27,19 +27,25 @@ EVAL_BATCH_SIZE = 32
 class Workspace:
     """Per-process caches shared by the cells of a run: decoded splits and float weights. ``batch_size``: the batch
     of the passes methods make over the calibration split (observers see batches of it); ``eval_batch_size``: the
-    batch of every evaluation."""
+    batch of every evaluation; ``integer_sim``: whether runtimes that have an integer simulation run it."""
 
     def __init__(self, plugins: Plugins, reporter: Reporter = SILENT, batch_size: int = 256,
-                 latency: LatencySettings | None = None, eval_batch_size: int = EVAL_BATCH_SIZE) -> None:
+                 latency: LatencySettings | None = None, eval_batch_size: int = EVAL_BATCH_SIZE,
+                 integer_sim: bool = True) -> None:
         self.plugins = plugins
         self.reporter = reporter
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
+        self.integer_sim = integer_sim  # False: the runtimes' integer simulations are not run (--no-integer-sim)
         self.latency = latency  # None: no latency measurement (mqbench run measures it unless --no-latency)
         self._splits: dict[tuple[str, str, int | None, str], Split] = {}
         self._weights: dict[tuple[str, str], Any] = {}
         # Models made by training transform steps, so the cells of one sweep share one training run.
         self.trained: dict[str, tuple[nn.Module, dict[str, Any], dict[str, Any]]] = {}
+        # The float model's latency figures per runtime, model and settings: measured once, shared by the cells.
+        self.float_latency: dict[str, dict[str, Any]] = {}
+        # Calibrated QuantSims with their simulation, per model, pipeline, scheme and placement (flows._simulated).
+        self.simulated: dict[str, Any] = {}
 
     def split(self, dataset: str, split: str, limit: int | None = None, preprocess: str = "native") -> Split:
         """A decoded split (decoded once per process; image datasets also cache it on disk)."""

@@ -44,8 +44,8 @@ class LatencySettings:
 
     batch_sizes: tuple[int, ...] = (1, 32)
     threads: tuple[int, ...] = (1, 0)
-    min_runs: int = 20
-    min_time_s: float = 2.0
+    min_runs: int = 10
+    min_time_s: float = 1.0
     warmup_runs: int = 3
 
     def __post_init__(self) -> None:
@@ -143,20 +143,31 @@ def measure(deployed: Deployed, images: torch.Tensor, settings: LatencySettings,
     return out
 
 
+def measure_float(float_model: Deployed, images: torch.Tensor, settings: LatencySettings,
+                  reporter: Reporter = SILENT) -> dict[str, Any]:
+    """The float model's figures that :func:`measure_cell` compares with (its timings and size)."""
+    return {"timings": measure(float_model, images, settings, reporter, "timing (float)"),
+            "size_bytes": model_size_bytes(float_model)}
+
+
 def measure_cell(deployed: Deployed, float_model: Deployed | None, images: torch.Tensor,
-                 settings: LatencySettings, reporter: Reporter = SILENT) -> dict[str, Any]:
-    """A cell's latency figures: the deployed model, the float model on the same runtime (when given) and
-    the speedup (float median / deployed median), and both sizes."""
+                 settings: LatencySettings, reporter: Reporter = SILENT,
+                 float_figures: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A cell's latency figures: the deployed model, the float model on the same runtime (when given, or its
+    ``float_figures`` from :func:`measure_float` measured earlier) and the speedup (float median / deployed
+    median), and both sizes."""
     result: dict[str, Any] = {"settings": asdict(settings), "cores": available_cores(),
                               "deployed": measure(deployed, images, settings, reporter, "timing (deployed)"),
                               "size_bytes": {"deployed": model_size_bytes(deployed)}}
-    if float_model is not None:
-        result["float"] = measure(float_model, images, settings, reporter, "timing (float)")
-        result["size_bytes"]["float"] = model_size_bytes(float_model)
+    if float_figures is None and float_model is not None:
+        float_figures = measure_float(float_model, images, settings, reporter)
+    if float_figures is not None:
+        result["float"] = float_figures["timings"]
+        result["size_bytes"]["float"] = float_figures["size_bytes"]
         result["speedup"] = {key: result["float"][key]["median_ms"] / timing["median_ms"]
                              for key, timing in result["deployed"].items() if timing["median_ms"] > 0}
     return result
 
 
-__all__ = ["LatencySettings", "available_cores", "measure", "measure_cell", "model_size_bytes", "summarize",
+__all__ = ["LatencySettings", "available_cores", "measure", "measure_cell", "measure_float", "model_size_bytes", "summarize",
            "time_calls", "torch_threads"]

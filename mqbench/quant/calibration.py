@@ -18,6 +18,9 @@ from mqbench.quant.estimators import MinMaxObserver, Observer
 from mqbench.quant.qsim import Quantizer, QuantSim
 
 ObserverFactory = Callable[[Quantizer], Observer]
+# The calibration batch of batch-invariant observers (the float model's activations are the same at any batch of
+# at least this size: tests/unit/test_eval_batch.py).
+INVARIANT_BATCH = 32
 
 
 def calibrate_weights(qsim: QuantSim, make_observer: ObserverFactory) -> None:
@@ -32,10 +35,14 @@ def calibrate_activations(qsim: QuantSim, calib: Split, make_observer: ObserverF
                           batch_size: int = 256, reporter: Reporter = SILENT) -> None:
     """Observe every activation point on ``calib`` with the float model, then set its range.
 
+    The observers see batches of ``batch_size`` images, or of :data:`INVARIANT_BATCH` when every one of them is
+    ``batch_invariant`` (the same statistics however the images are batched, computed faster in small batches).
     Afterwards every quantizer is in ``quantize`` mode and no observer is left attached.
     """
     for q in qsim.act_quantizers.values():
         q.observer = make_observer(q)
+    if all(q.observer is not None and q.observer.batch_invariant for q in qsim.act_quantizers.values()):
+        batch_size = min(batch_size, INVARIANT_BATCH)
     qsim.set_mode("off")
     qsim.set_mode("observe", "activations")
     try:

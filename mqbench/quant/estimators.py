@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 
@@ -199,7 +200,10 @@ def channel_rows(x: torch.Tensor, axis: int | None) -> torch.Tensor:
 
 
 class Observer:
-    """Base class: collect statistics of the tensors seen, then propose a range."""
+    """Base class: collect statistics of the tensors seen, then propose a range. ``batch_invariant``: the statistics
+    do not depend on how the data is cut into batches (the calibration then feeds it small batches, faster)."""
+
+    batch_invariant: ClassVar[bool] = False
 
     def __init__(self, axis: int | None = None) -> None:
         self.axis = axis
@@ -230,14 +234,17 @@ class Observer:
 class MinMaxObserver(Observer):
     """The running minimum and maximum over everything observed (naive PTQ)."""
 
+    batch_invariant = True
+
     def __init__(self, axis: int | None = None) -> None:
         super().__init__(axis)
         self.min_val: torch.Tensor | None = None
         self.max_val: torch.Tensor | None = None
 
     def observe(self, x: torch.Tensor) -> None:
-        self._check(x)
-        lo, hi = self._reduce(x, "amin"), self._reduce(x, "amax")
+        x = x.detach().float()
+        lo, hi = torch.aminmax(x) if self.axis is None else torch.aminmax(self._rows(x), dim=1)
+        self._check(lo)  # a NaN anywhere in x is a NaN minimum (aminmax propagates it): one pass, not two
         self.min_val = lo if self.min_val is None else torch.minimum(self.min_val, lo)
         self.max_val = hi if self.max_val is None else torch.maximum(self.max_val, hi)
         self.count += 1
@@ -253,6 +260,8 @@ Estimate = Callable[[torch.Tensor, torch.Tensor], Range]
 
 class SampleObserver(Observer):
     """Keeps every value observed (for weights, seen once) and hands the exact sample to ``estimate``."""
+
+    batch_invariant = True  # the values are concatenated in the order seen, whatever the batches
 
     def __init__(self, estimate: Estimate, axis: int | None = None) -> None:
         super().__init__(axis)

@@ -313,3 +313,37 @@ def test_a_record_that_breaks_the_schema_is_stored_as_its_cells_failure(plugins:
         assert r["error"]["message"] == ("the cell's record is invalid: field 'metrics.sim.accuracy' is a str, "
                                          "expected object")
     assert len(summary.failed) == 2
+
+
+def test_runtimes_that_place_quantizers_alike_share_one_quantsim_and_the_float_latency(
+        plugins: Plugins, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """ort-qdq and ort-qoperator place quantizers alike: the second cell copies the first one's calibrated QuantSim
+    and simulation (and says so); its figures equal those of the same cell run on its own. The float model's latency
+    on one runtime is measured once for the cells of both schemes."""
+    pytest.importorskip("onnxruntime")
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    fast = LatencySettings(batch_sizes=(1,), threads=(1,), min_runs=3, min_time_s=0.0, warmup_runs=0)
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["minmax"],
+                           runtimes=["ort-qdq", "ort-qoperator", "torch-x86"], schemes=["w8a8-pc", "w8a8-pt"],
+                           eval_limit=100)
+    summary = harness.run(cells, Store(tmp_path / "sweep"), harness.Workspace(plugins, latency=fast))
+    by = {(r["config"]["backend"], r["config"]["scheme"]): r for r in summary.records}
+    assert all(r["status"] == "ok" for r in by.values()), [r.get("error") for r in by.values()]
+    for scheme in ("w8a8-pc", "w8a8-pt"):
+        first, second = by[("ort-qdq", scheme)], by[("ort-qoperator", scheme)]
+        assert "quantsim_reused_in_process" not in first
+        assert second["quantsim_reused_in_process"]["from_backend"] == "ort-qdq"
+        assert "calibrate:minmax" in second["quantsim_reused_in_process"]["timings_s"]
+        assert "calibrate:minmax" not in second["timings_s"] and "evaluate_sim" not in second["timings_s"]
+        assert second["metrics"]["sim"] == first["metrics"]["sim"]
+        assert "quantsim_reused_in_process" not in by[("torch-x86", scheme)]  # float biases: another placement
+    alone = harness.run([c for c in cells if (c.runtime, c.scheme) == ("ort-qoperator", "w8a8-pc")],
+                        Store(tmp_path / "alone"), harness.Workspace(plugins, latency=fast)).records[0]
+    assert "quantsim_reused_in_process" not in alone
+    shared = by[("ort-qoperator", "w8a8-pc")]
+    assert {k: alone["metrics"][k] for k in ("sim", "integer_sim", "deployed")} == {
+        k: shared["metrics"][k] for k in ("sim", "integer_sim", "deployed")}
+    for runtime in ("ort-qdq", "ort-qoperator", "torch-x86"):
+        pc, pt = by[(runtime, "w8a8-pc")]["latency"], by[(runtime, "w8a8-pt")]["latency"]
+        assert "float_reused_in_process" not in pc and pt["float_reused_in_process"] is True
+        assert pt["float"] == pc["float"]
