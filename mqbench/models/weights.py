@@ -155,8 +155,42 @@ def _hub_download(weights: HubWeights) -> Path:
                            f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from None
 
 
+def train_recipe(model: str, build_kwargs: dict[str, Any], dataset: str, train_limit: int | None,
+                 config: TrainConfig) -> dict[str, Any]:
+    """Everything that decides the weights a training run ends with (what :func:`train_to_file` names its file by).
+    Options left unset (None) are left out, so a file's key stays the same when a later version adds options."""
+    return {"model": model, "build_kwargs": build_kwargs, "dataset": dataset, "train_limit": train_limit,
+            "train_config": {k: v for k, v in dataclasses.asdict(config).items() if v is not None}}
+
+
+def recipe_file_name(recipe: dict[str, Any]) -> str:
+    """``<model>-<dataset>-<key>.pt``, ``key`` hashing the recipe (:func:`train_recipe`)."""
+    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"{recipe['model']}-{recipe['dataset']}-{key}.pt"
+
+
+def _resolve_shipped(model: ModelSpec, weights: TrainedWeights, dataset: DatasetSpec) -> ResolvedWeights | None:
+    """The weights mqbench ships for ``weights`` (``mqbench/models/shipped``: what ``mqbench train`` writes for the
+    same recipe, verified against the sha256 in :data:`~mqbench.models.shipped.SHIPPED`), or None."""
+    from mqbench.models.shipped import SHIPPED, SHIPPED_DIR
+
+    name = recipe_file_name(train_recipe(model.name, dict(weights.build_kwargs), dataset.name, None, weights.train))
+    if name not in SHIPPED:
+        return None
+    path = SHIPPED_DIR / name
+    digest = sha256_file(path) if path.exists() else "missing"
+    if digest != SHIPPED[name]:
+        raise MqbenchError(f"the weights mqbench ships for {model.name}:{weights.name} ({path}) are {digest[:12]}..., "
+                           f"not {SHIPPED[name][:12]}...: the installation is damaged; reinstall mqbench")
+    meta = json.loads(path.with_suffix(".json").read_text())
+    return ResolvedWeights(load_state_dict(path), digest, f"shipped:{name}", meta)
+
+
 def _resolve_trained(model: ModelSpec, weights: TrainedWeights, dataset: DatasetSpec,
                      load_split: Callable[[str, str], Split], reporter: Reporter) -> ResolvedWeights:
+    shipped = _resolve_shipped(model, weights, dataset)
+    if shipped is not None:
+        return shipped
     key = _train_key(model, weights, dataset)
     path = cache_dir() / "weights" / f"{model.name}-{weights.name}-{key}.pt"
     sidecar = path.with_suffix(".json")
@@ -207,11 +241,8 @@ def train_to_file(model: ModelSpec, dataset: DatasetSpec, config: TrainConfig, o
     from mqbench import provenance
 
     build_kwargs = dict(build_kwargs or {})
-    # Options left unset (None) are left out, so a file's key stays the same when a later version adds options.
-    recipe = {"model": model.name, "build_kwargs": build_kwargs, "dataset": dataset.name, "train_limit": train_limit,
-              "train_config": {k: v for k, v in dataclasses.asdict(config).items() if v is not None}}
-    key = hashlib.sha256(json.dumps(recipe, sort_keys=True, default=str).encode()).hexdigest()[:12]
-    path = out_dir / f"{model.name}-{dataset.name}-{key}.pt"
+    recipe = train_recipe(model.name, build_kwargs, dataset.name, train_limit, config)
+    path = out_dir / recipe_file_name(recipe)
     sidecar_path, ckpt = path.with_suffix(".json"), path.with_suffix(".ckpt")
     if path.exists() and sidecar_path.exists() and not force:
         meta = json.loads(sidecar_path.read_text())

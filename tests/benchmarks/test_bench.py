@@ -27,6 +27,35 @@ def test_fake_quantize_per_channel(benchmark) -> None:
     benchmark(Q.fake_quantize, w, scale, zp, qmin=-128, qmax=127, axis=0)
 
 
+def test_fake_quantize_per_tensor_activation(benchmark) -> None:
+    """A MobileNetV2 activation at batch 32 (32 x 96 x 112 x 112), as the QuantSim's activation quantizers run it."""
+    x = torch.randn(32, 96, 112, 112)
+    benchmark(Q.fake_quantize, x, torch.tensor(0.05), torch.tensor(3), qmin=0, qmax=255, check_finite=False)
+
+
+@pytest.mark.parametrize("which", ["float", "qsim", "integer_sim"])
+def test_forward_batch32_mobilenet_v2_224(benchmark, which: str) -> None:
+    """A full-size MobileNetV2 (random weights, 224x224, batch 32): the float model, its QuantSim (the fake-quant
+    evaluation) and ONNX Runtime's integer simulation, per batch of the harness's evaluation."""
+    from mqbench.backends.ort.integer_sim import IntegerSimulation
+    from mqbench.backends.ort.runtime import OrtQDQ
+    from mqbench.data import Split
+    from mqbench.models.mobilenet_v2 import MobileNetV2
+
+    torch.manual_seed(0)
+    model = MobileNetV2(1000).eval()
+    images = (torch.rand(32, 3, 224, 224) * 255).to(torch.uint8)
+    data = Split(images, torch.zeros(32, dtype=torch.int64), (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+    x = data.normalize(images)
+    if which != "float":
+        qsim = OrtQDQ().quantsim(model, parse_scheme("w8a8-pc"))
+        calibrate_weights(qsim, minmax_observer)
+        calibrate_activations(qsim, data, minmax_observer)
+        model = qsim.eval() if which == "qsim" else IntegerSimulation(qsim.eval())
+    with torch.inference_mode():
+        benchmark.pedantic(model, args=(x,), rounds=5, iterations=1, warmup_rounds=1)
+
+
 @pytest.mark.parametrize("which", ["float", "qsim"])
 def test_forward_batch256(benchmark, which: str) -> None:
     torch.manual_seed(0)
