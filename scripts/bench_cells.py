@@ -49,7 +49,10 @@ def git(*args: str, cwd: Path = ROOT) -> str:
 
 
 def run_case(tree: Path, argv: list[str], results: Path, cache: Path) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(tree), "MQBENCH_CACHE": str(cache)}
+    from mqbench.data.paths import DATA_ENV, data_dir
+
+    data = data_dir()  # this checkout's data folder (../shared/data): the baseline's worktree is elsewhere
+    env = {**os.environ, "PYTHONPATH": str(tree), "MQBENCH_CACHE": str(cache), **({DATA_ENV: str(data)} if data else {})}
     env.pop("MQBENCH_RESULTS", None)
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-m", "mqbench", *argv, "--results", str(results), "--quiet"], env=env,
