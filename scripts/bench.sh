@@ -4,7 +4,7 @@
 # fails when a benchmark's minimum time regressed by more than MQBENCH_BENCH_THRESHOLD (default 25%: this 2-core
 # machine's run-to-run spread of the minimum is up to about 10%).
 #
-#   bash scripts/bench.sh                       # all benchmarks (about 3 minutes here)
+#   bash scripts/bench.sh                       # all benchmarks (about 30 s here)
 #   bash scripts/bench.sh -k forward            # a subset (pytest arguments pass through)
 #   MQBENCH_BENCH_THRESHOLD=10% bash scripts/bench.sh
 set -euo pipefail
