@@ -215,6 +215,13 @@ class Observer:
     def compute_range(self) -> Range:
         raise NotImplementedError
 
+    def _reduce(self, x: torch.Tensor, fn: str) -> torch.Tensor:
+        """``x.amin()``/``x.amax()`` over everything (per-tensor) or over all axes but ``axis``."""
+        x = x.detach().float()
+        if self.axis is None:
+            return getattr(x, fn)()
+        return getattr(self._rows(x), fn)(dim=1)
+
     def _rows(self, x: torch.Tensor) -> torch.Tensor:
         return channel_rows(x, self.axis)
 
