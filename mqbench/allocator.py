@@ -3,8 +3,10 @@
 glibc's malloc serves every allocation above 32 MiB with a fresh ``mmap`` and gives it back with ``munmap`` when
 it is freed, and it returns the free top of its heap to the system (trims) past 128 KiB. An evaluation allocates
 and frees activations of tens to hundreds of MiB per layer and batch, so each of them is faulted in page by page
-again: on the 2-core machine mqbench is measured on, a MobileNetV2 evaluation at batch 256 spent 57% of its time
-in the kernel zeroing pages (``scripts/bench_cells.py`` keeps the figures). :func:`tune` turns both off
+again, and the kernel zeroes every page: on the 2-core machine mqbench is measured on, most of a MobileNetV2
+evaluation's time was system time (with this and the rest of issue 25's changes, the fake-quant evaluation of the
+``ort-qdq`` cell went from 116 s to 22 s: ``results/bench/cells-2026-12-03-a6bfbc7-db8334d.json``, written by
+``scripts/bench_cells.py``). :func:`tune` turns both off
 (``mallopt(M_MMAP_MAX, 0)``, ``mallopt(M_TRIM_THRESHOLD, -1)``): freed memory stays in the process and is reused,
 so a process keeps the peak of what it used (a few GiB for an ImageNet cell) until it exits. This is the fix
 PyTorch's CPU performance guide gives (a caching allocator such as jemalloc or tcmalloc), made with glibc's own
