@@ -523,7 +523,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the latency measurement of real-kernel backends (by default each such cell times "
                         "the deployed and the float model at batch 1 and 32, with 1 thread and every core)")
     p.add_argument("--latency-runs", type=int_in(3, 100_000), default=LatencySettings.min_runs, metavar="N",
-                   help="latency: at least N timed calls per setting, after 3 warm-up calls, 3 to 100000 "
+                   help=f"latency: at least N timed calls per setting, after {LatencySettings.warmup_runs} warm-up "
+                        "calls, 3 to 100000 "
                         f"(default {LatencySettings.min_runs})")
     p.add_argument("--latency-time", type=float_in(0.0, MAX_TIME_S), default=LatencySettings.min_time_s, metavar="S",
                    help=f"latency: and at least S seconds of timed calls per setting, 0 to {MAX_TIME_S:g} "

@@ -335,6 +335,35 @@ def is_activation(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     return node.op == "call_method" and node.target in ("relu", "clamp")
 
 
+def activation_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[Any, Any]:
+    """(lower, upper) of a fused activation (None = unbounded; a tensor = per channel)."""
+    if node.op == "call_module":
+        m = modules[str(node.target)]
+        if isinstance(m, nn.ReLU6):
+            return 0.0, 6.0
+        if isinstance(m, nn.ReLU):
+            return 0.0, None
+        if isinstance(m, nn.Hardtanh):
+            return float(m.min_val), float(m.max_val)
+        if isinstance(m, ChannelClippedReLU):
+            return 0.0, m.upper
+        raise ValueError(f"activation module {type(m).__name__}")
+    target, args, kwargs = node.target, node.args[1:], node.kwargs
+    if target in (F.relu, torch.relu, "relu"):
+        return 0.0, None
+    if target is F.relu6:
+        return 0.0, 6.0
+    if target is F.hardtanh:
+        lo = args[0] if args else kwargs.get("min_val", -1.0)
+        hi = args[1] if len(args) > 1 else kwargs.get("max_val", 1.0)
+        return float(lo), float(hi)  # type: ignore[arg-type]
+    if target in (torch.clamp, "clamp"):
+        lo = args[0] if args else kwargs.get("min")
+        hi = args[1] if len(args) > 1 else kwargs.get("max")
+        return lo, hi
+    raise ValueError(f"activation {target}")
+
+
 def is_passthrough(node: fx.Node, modules: dict[str, nn.Module]) -> bool:
     if node.op == "call_module":
         return isinstance(modules.get(str(node.target)), _PASSTHROUGH_MODULES)

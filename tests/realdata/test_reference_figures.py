@@ -146,12 +146,55 @@ def test_the_integer_simulation_predicts_onnx_runtime_on_every_image(model: str,
         assert torch.equal(exact(images), deployed(images))
 
 
-@pytest.mark.parametrize("model", ["mobilenet_v1_cifar:mqbench-x0.5", "mobilenet_v2_cifar:mqbench-x0.5",
-                                   "mobilenet_v2_cifar:mqbench-8ep-x0.5", "mobilenet_v1_cifar:mqbench-tf-x0.5",
-                                   "qf_mobilenet_v1_cifar:mqbench-x0.5", "dwscnn_s:mqbench", "cnn_s:mqbench",
-                                   "dwscnn_m:mqbench", "cnn_m:mqbench"])
-def test_published_cifar_weights_reproduce_the_top1_of_their_training(model: str, env: dict[str, str],
-                                                                      tmp_path: Path) -> None:
+def test_the_channels_last_simulation_is_within_its_stated_tolerance(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Issue 25: the harness evaluates the fake-quant simulation in channels-last memory format (a third faster), not
+    bit for bit: on MobileNetV2 tf2ptq minmax w8a8-pc, per-image top-1 outcomes may differ from the contiguous
+    evaluation's on at most 1% of the images (7 of 1300 with the suite's 512 calibration images; here 128
+    calibration and 512 evaluation images), top-1 by at most 0.5 points."""
+    from mqbench.backends.ort.runtime import OrtQDQ
+    from mqbench.data.paths import DATA_ENV
+    from mqbench.harness import Workspace, evaluate
+    from mqbench.harness.flows import channels_last
+    from mqbench.metrics.accuracy import topk_correct
+    from mqbench.plugins import get_plugins
+    from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
+    from mqbench.schemes import parse_scheme
+
+    monkeypatch.setenv(DATA_ENV, str(DATA))
+    ws = Workspace(get_plugins())
+    preprocess = ws.plugins.models.get("mobilenet_v2").get_weights("tf2ptq").preprocess
+    float_model, _ = ws.float_model("mobilenet_v2", "tf2ptq")
+    qsim = OrtQDQ().quantsim(float_model, parse_scheme("w8a8-pc"))
+    calibrate_weights(qsim, minmax_observer)
+    calibrate_activations(qsim, ws.split("imagenet", "calib", 128, preprocess), minmax_observer)
+    split = ws.split("imagenet", "test", 512, preprocess)
+    contiguous, last = evaluate(qsim.eval(), split, 32), evaluate(channels_last(qsim), split, 32)
+    assert not torch.equal(contiguous.logits, last.logits)  # another kernel: the tolerance is needed
+    a, b = (topk_correct(e.logits, split.labels, 1) for e in (contiguous, last))
+    assert int((a != b).sum()) <= 0.01 * len(split)
+    assert abs(float(a.float().mean() - b.float().mean())) <= 0.005
+
+
+PUBLISHED_CIFAR = ["mobilenet_v1_cifar:mqbench-x0.5", "mobilenet_v2_cifar:mqbench-x0.5",
+                   "mobilenet_v2_cifar:mqbench-8ep-x0.5", "mobilenet_v1_cifar:mqbench-tf-x0.5",
+                   "qf_mobilenet_v1_cifar:mqbench-x0.5", "dwscnn_s:mqbench", "cnn_s:mqbench", "dwscnn_m:mqbench",
+                   "cnn_m:mqbench"]
+
+
+@pytest.fixture(scope="module")
+def published_cifar_rows(env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> dict:
+    """The fp32 cells of every published CIFAR model, run by one ``mqbench run`` (one process, the data loaded
+    once)."""
+    results = tmp_path_factory.mktemp("published-cifar")
+    models = [arg for model in PUBLISHED_CIFAR for arg in ("--model", model)]
+    res = mqbench("run", "--suite", "cifar10", *models, "--method", "fp32", "--results", str(results), "--quiet",
+                  env=env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return _rows(results, env)
+
+
+@pytest.mark.parametrize("model", PUBLISHED_CIFAR)
+def test_published_cifar_weights_reproduce_the_top1_of_their_training(model: str, published_cifar_rows: dict) -> None:
     from mqbench.models.weights import sha256_file
     from mqbench.plugins import get_plugins
 
@@ -163,9 +206,6 @@ def test_published_cifar_weights_reproduce_the_top1_of_their_training(model: str
     # few seconds past it: mobilenet_v1_cifar:mqbench-tf-x0.5 took 1804 s, its epochs 3-5 slowed by other work).
     assert sidecar["time_budget_s"] <= 1800 and sidecar["train_seconds"] <= 1800 + 60
     assert sidecar["command"].startswith("mqbench train")
-    res = mqbench("run", "--suite", "cifar10", "--model", model, "--method", "fp32", "--results", str(tmp_path),
-                  "--quiet", env=env)
-    assert res.returncode == 0, res.stderr[-3000:]
-    row = _rows(tmp_path, env)[(model, "fp32", "fp32")]
+    row = published_cifar_rows[(model, "fp32", "fp32")]
     assert row["n"] == 10000
     assert abs(row["top1"] - sidecar["test_top1"]) <= 0.001, (row["top1"], sidecar["test_top1"])

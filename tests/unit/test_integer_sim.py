@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from mqbench import harness
@@ -21,7 +22,7 @@ from mqbench.methods.cle import CLEConfig, cross_layer_equalize
 from mqbench.models.builtin import quick_mobilenet_v1, quick_mobilenet_v2
 from mqbench.plugins import get_plugins
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
-from mqbench.quant.qsim import Placement, QuantSim
+from mqbench.quant.qsim import Placement, QuantConv2d, QuantLinear, QuantSim
 from mqbench.schemes import parse_scheme
 from mqbench.suites import QUICK
 from tests.unit.test_ort_int8 import _trained_like
@@ -136,3 +137,39 @@ def test_a_cell_whose_graph_the_integer_simulation_cannot_model_still_measures_t
     assert record["status"] == "ok", record.get("error")
     assert "sigmoid" in record["integer_sim_unavailable"] and "deployed" in record["metrics"]
     assert "agreement_integer_sim" not in record and record["agreement"]["images"] == 16
+
+
+# (activation |c| at most, weight |w| at most, bias codes at most, products per output): each reaches one path of
+# _accumulate, the sums staying in int32: float32 with the bias in the convolution; the bias split into float32
+# hi + lo; the codes split into 16 * hi + lo; float64 throughout (16-bit activation codes).
+ACCUMULATOR_PATHS = {"float32": (255, 127, 2 ** 20, 64), "bias hi + lo": (255, 127, 2 ** 30, 64),
+                     "codes 16 * hi + lo": (255, 127, 2 ** 20, 1024), "float64": (32767, 127, 2 ** 20, 256)}
+
+
+@pytest.mark.parametrize("path", list(ACCUMULATOR_PATHS))
+@pytest.mark.parametrize("kind", ["conv", "linear"])
+def test_the_accumulator_is_the_exact_integer_sum_rounded_once_to_float32(path: str, kind: str) -> None:
+    """ONNX Runtime converts its exact int32 accumulator to float32: whatever path the simulation takes, its
+    accumulator rounds to the same float32 as the exact sum (computed in float64, exact below 2**53)."""
+    from mqbench.backends.ort.integer_sim import Codes, _accumulate, _LayerCodes
+
+    x_max, w_max, b_max, products = ACCUMULATOR_PATHS[path]
+    channels = products // 9 if kind == "conv" else products  # a 3x3 kernel: 9 products per input channel
+    g = torch.Generator().manual_seed(hash((path, kind)) % 2 ** 31)
+    shape = (2, channels, 5, 5) if kind == "conv" else (3, channels)
+    # The largest codes everywhere (every product at its bound, so the paths' bounds are reached), signs at random.
+    xc = x_max * torch.where(torch.rand(shape, generator=g) < 0.9, 1.0, -1.0)
+    w = w_max * torch.where(torch.rand((4, channels) + ((3, 3) if kind == "conv" else ()), generator=g) < 0.9, 1.0, -1.0)
+    bias = torch.randint(-b_max, b_max, (4,), generator=g, dtype=torch.int64).double()
+    layer = QuantConv2d(channels, 4, 3, padding=1) if kind == "conv" else QuantLinear(channels, 4)
+    hi = bias.float()
+    ops = _LayerCodes(w, torch.ones(4), float(w.abs().flatten(1).sum(1).max()), torch.ones(()), bias, hi,
+                      (bias - hi.double()).float(), float(bias.abs().max()), float((bias - hi.double()).abs().max()))
+    acc = _accumulate(layer, xc, Codes(xc, torch.ones(()), 0, float(x_max)), ops)
+    if kind == "conv":
+        exact = F.conv2d(xc.double(), w.double(), bias, padding=1)
+    else:
+        exact = F.linear(xc.double(), w.double(), bias)
+    assert exact.abs().max() < 2 ** 31  # an int32 accumulator
+    assert torch.equal(acc.float(), exact.float())
+    assert acc.dtype == (torch.float32 if path in ("float32", "bias hi + lo") else torch.float64)

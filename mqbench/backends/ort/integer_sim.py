@@ -33,20 +33,19 @@ from torch import fx, nn
 
 from mqbench.backends.ort import mlas
 from mqbench.errors import IntegerSimulationUnavailable
-from mqbench.layers import ChannelClippedReLU, tf_same_pad
+from mqbench.layers import tf_same_pad
 from mqbench.quant import functional as Q
 from mqbench.quant.qsim import (
     QuantConv2d,
     Quantizer,
     QuantLinear,
     QuantSim,
+    activation_bounds,
     is_activation,
     is_add,
     is_passthrough,
     is_pool,
 )
-
-F64 = torch.float64
 
 
 class UnsupportedOp(IntegerSimulationUnavailable):
@@ -55,19 +54,27 @@ class UnsupportedOp(IntegerSimulationUnavailable):
 
 @dataclass
 class Codes:
-    """An integer tensor as the runtime holds it: codes (float32 holding integers) and their qparams."""
+    """An integer tensor as the runtime holds it, carried as ``c = q - zero_point`` (float32 holding integers:
+    what an integer kernel multiplies), with its qparams and ``bound``, the largest ``|c|`` its type allows."""
 
-    q: torch.Tensor
+    c: torch.Tensor
     scale: torch.Tensor
     zero_point: int
+    bound: float
 
-    def centered(self) -> torch.Tensor:
-        return self.q - float(self.zero_point) if self.zero_point else self.q
+    @classmethod
+    def of(cls, c: torch.Tensor, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int) -> Codes:
+        return cls(c, scale, zero_point, float(max(abs(qmin - zero_point), abs(qmax - zero_point))))
 
-    def max_abs_centered(self) -> float:
-        """``max |q - zero_point|`` (for the accumulator's bound), in one pass over the codes."""
-        lo, hi = torch.aminmax(self.q)
-        return max(abs(float(lo) - self.zero_point), abs(float(hi) - self.zero_point))
+    @property
+    def q(self) -> torch.Tensor:
+        """The codes themselves (``c + zero_point``)."""
+        return self.c + float(self.zero_point) if self.zero_point else self.c
+
+    def max_abs(self) -> float:
+        """``max |c|`` measured, in one pass over the codes (a tighter bound than ``bound``)."""
+        lo, hi = torch.aminmax(self.c)
+        return max(abs(float(lo)), abs(float(hi)))
 
 
 @dataclass
@@ -81,32 +88,10 @@ class Pending:
 
 
 def _activation_bounds(node: fx.Node, modules: dict[str, nn.Module]) -> tuple[Any, Any]:
-    """(lower, upper) of a fused activation (None = unbounded; a tensor = per channel)."""
-    if node.op == "call_module":
-        m = modules[str(node.target)]
-        if isinstance(m, nn.ReLU6):
-            return 0.0, 6.0
-        if isinstance(m, nn.ReLU):
-            return 0.0, None
-        if isinstance(m, nn.Hardtanh):
-            return float(m.min_val), float(m.max_val)
-        if isinstance(m, ChannelClippedReLU):
-            return 0.0, m.upper
-        raise UnsupportedOp(f"activation module {type(m).__name__}")
-    target, args, kwargs = node.target, node.args[1:], node.kwargs
-    if target in (F.relu, torch.relu, "relu"):
-        return 0.0, None
-    if target is F.relu6:
-        return 0.0, 6.0
-    if target is F.hardtanh:
-        lo = args[0] if args else kwargs.get("min_val", -1.0)
-        hi = args[1] if len(args) > 1 else kwargs.get("max_val", 1.0)
-        return float(lo), float(hi)  # type: ignore[arg-type]
-    if target in (torch.clamp, "clamp"):
-        lo = args[0] if args else kwargs.get("min")
-        hi = args[1] if len(args) > 1 else kwargs.get("max")
-        return lo, hi
-    raise UnsupportedOp(f"activation {target}")
+    try:
+        return activation_bounds(node, modules)
+    except ValueError as exc:
+        raise UnsupportedOp(str(exc)) from None
 
 
 def _bound_codes(bound: Any, scale: torch.Tensor, zero_point: int, qmin: int, qmax: int,
@@ -121,16 +106,36 @@ def _bound_codes(bound: Any, scale: torch.Tensor, zero_point: int, qmin: int, qm
 
 
 def _weight_codes(layer: QuantConv2d | QuantLinear) -> tuple[torch.Tensor, torch.Tensor]:
-    """The layer's weight codes minus their zero point (float64) and the weight scale."""
+    """The layer's weight codes minus their zero point (float32, exact for 8-bit codes) and the weight scale."""
     wq = layer.weight_quantizer
     if wq.scale is None or wq.zero_point is None:
         raise RuntimeError(f"weight quantizer {wq.name} has no qparams: calibrate before simulating")
     codes = Q.quantize(layer.weight.detach(), wq.scale, wq.zero_point, qmin=wq.saturate_min, qmax=wq.saturate_max,
-                       axis=wq.axis).to(F64)
-    zp = wq.zero_point.to(F64)
+                       axis=wq.axis).to(torch.float32)
+    zp = wq.zero_point.to(torch.float32)
     if zp.dim() == 1:
         zp = zp.view((-1,) + (1,) * (codes.dim() - 1))
     return codes - zp, wq.scale
+
+
+EXACT_F32 = 2.0 ** 24  # float32 holds every integer below it: sums that stay below it are exact in any order
+
+
+@dataclass
+class _LayerCodes:
+    """A layer's integer operands, made on first use and kept (the simulated QuantSim's qparams no longer change):
+    weight codes minus their zero point (float32), the weight scale, the largest row sum of ``|w|``, and the bias
+    codes for the input scale they were computed at."""
+
+    w: torch.Tensor
+    w_scale: torch.Tensor
+    row_sum: float
+    x_scale: torch.Tensor | None = None
+    bias: torch.Tensor | None = None  # float64
+    bias_hi: torch.Tensor | None = None  # the nearest float32 to each bias code
+    bias_lo: torch.Tensor | None = None  # bias - bias_hi, small integers (float32)
+    bias_max: float = 0.0
+    bias_lo_max: float = 0.0
 
 
 class IntegerSimulation(nn.Module):
@@ -143,9 +148,7 @@ class IntegerSimulation(nn.Module):
                              "for a runtime that adds float biases")
         self.qsim = qsim
         self.modules_by_name = dict(qsim.model.named_modules())
-        # Per layer: weight codes minus zero point (float64), weight scale, and the largest row sum of |codes|.
-        # Computed on first use and kept: the simulation evaluates a QuantSim whose qparams no longer change.
-        self._weights: dict[str, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self._layers: dict[str, _LayerCodes] = {}
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -158,8 +161,8 @@ class IntegerSimulation(nn.Module):
                 result = fx.node.map_arg(node.args[0], lambda n: env[n])
             else:
                 env[node] = self._run(node, env)
-        if isinstance(result, Codes):
-            return mlas.dequantize_linear(result.q, result.scale, result.zero_point)
+        if isinstance(result, Codes):  # (q - zp) * scale, q - zp being exactly c
+            return mlas.dequantize_linear(result.c, result.scale, 0)
         if isinstance(result, Pending):
             raise UnsupportedOp(f"the output is {result.what} with no output quantizer")
         return result
@@ -207,64 +210,75 @@ class IntegerSimulation(nn.Module):
         scale, zp = quantizer.scale, int(quantizer.zero_point)
         lo, hi = quantizer.saturate_min, quantizer.saturate_max
         if isinstance(value, Pending):
-            q = value.finish(scale, zp, lo, hi)
-            return Codes(self._clamp(q, value.clamps, scale, zp, lo, hi), scale, zp)
+            c = value.finish(scale, zp, lo, hi)
+            return Codes.of(self._clamp(c, value.clamps, scale, zp, lo, hi), scale, zp, lo, hi)
         if isinstance(value, Codes):
             if torch.equal(value.scale, scale) and value.zero_point == zp:
                 return value
             raise UnsupportedOp(f"requantizing an integer tensor at {quantizer.name}")
-        return Codes(mlas.quantize_linear(value, scale, zp, qmin=lo, qmax=hi), scale, zp)
+        c = mlas.quantize_linear(value, scale, zp, qmin=lo, qmax=hi, centered=True)
+        if c.dim() == 4:
+            c = c.contiguous(memory_format=torch.channels_last)
+        return Codes.of(c, scale, zp, lo, hi)
 
     @staticmethod
-    def _clamp(q: torch.Tensor, clamps: list[tuple[Any, Any]], scale: torch.Tensor, zp: int, qmin: int,
+    def _clamp(c: torch.Tensor, clamps: list[tuple[Any, Any]], scale: torch.Tensor, zp: int, qmin: int,
                qmax: int) -> torch.Tensor:
+        """The fused activations' bounds applied to centered codes ``c`` (a bound the code range already
+        enforces costs nothing)."""
         for lo, hi in clamps:
-            lo_codes = _bound_codes(lo, scale, zp, qmin, qmax, q.dim())
-            hi_codes = _bound_codes(hi, scale, zp, qmin, qmax, q.dim())
+            lo_codes = _bound_codes(lo, scale, zp, qmin, qmax, c.dim())
+            hi_codes = _bound_codes(hi, scale, zp, qmin, qmax, c.dim())
             if lo_codes is not None and (lo_codes.numel() > 1 or float(lo_codes) > qmin):
-                q = torch.maximum(q, lo_codes)
+                c = torch.maximum(c, lo_codes - zp)
             if hi_codes is not None and (hi_codes.numel() > 1 or float(hi_codes) < qmax):
-                q = torch.minimum(q, hi_codes)
-        return q
+                c = torch.minimum(c, hi_codes - zp)
+        return c
+
+    def _operands(self, layer: QuantConv2d | QuantLinear, name: str, x_scale: torch.Tensor) -> _LayerCodes:
+        ops = self._layers.get(name)
+        if ops is None:
+            w, w_scale = _weight_codes(layer)
+            if w.dim() == 4:
+                w = w.contiguous(memory_format=torch.channels_last)
+            ops = self._layers[name] = _LayerCodes(w, w_scale, float(w.abs().flatten(1).sum(1).max()))
+        if layer.bias is not None and (ops.x_scale is None or not torch.equal(ops.x_scale, x_scale)):
+            ops.bias = mlas.bias_codes(layer.bias.detach(), x_scale, ops.w_scale)
+            ops.bias_hi = ops.bias.float()
+            ops.bias_lo = (ops.bias - ops.bias_hi.double()).float()
+            ops.x_scale, ops.bias_max, ops.bias_lo_max = x_scale, float(ops.bias.abs().max()), float(ops.bias_lo.abs().max())
+        return ops
 
     def _layer(self, layer: QuantConv2d | QuantLinear, x: Any, name: str) -> Pending:
         if not isinstance(x, Codes):
             raise UnsupportedOp(f"layer {name} takes a float input: the integer simulation needs its input quantized")
-        if name not in self._weights:
-            codes, scale = _weight_codes(layer)
-            self._weights[name] = codes, scale, float(codes.abs().flatten(1).sum(1).max())
-        w, w_scale, w_row_sum = self._weights[name]
-        bias = None if layer.bias is None else mlas.bias_codes(layer.bias.detach(), x.scale, w_scale)
-        # float32 sums integers exactly while every partial sum stays below 2**24; otherwise float64.
-        bound = x.max_abs_centered() * w_row_sum
-        xi = x.centered()
-        bound += 0.0 if bias is None else float(bias.abs().max())
-        dtype = torch.float32 if bound < 2 ** 24 else F64
-        xi, w = xi.to(dtype), w.to(dtype)
-        bias = None if bias is None else bias.to(dtype)
+        ops = self._operands(layer, name, x.scale)
+        xc = x.c
         if isinstance(layer, QuantConv2d):
-            if layer.tf_same:
-                xi = tf_same_pad(xi, layer.kernel_size, layer.stride, layer.dilation)  # type: ignore[arg-type]
             if layer.padding_mode != "zeros":
                 raise UnsupportedOp(f"layer {name}: padding mode {layer.padding_mode}")
-            acc = F.conv2d(xi, w, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
-        else:
-            acc = F.linear(xi, w, bias)
-        x_scale = x.scale
+            if layer.tf_same:  # zero-padding centered codes pads with the zero point
+                xc = tf_same_pad(xc, layer.kernel_size, layer.stride, layer.dilation)  # type: ignore[arg-type]
+        acc = _accumulate(layer, xc, x, ops)
+        x_scale, w_scale = x.scale, ops.w_scale
+        finished: list[bool] = []
 
         def finish(scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
             m = mlas.conv_multiplier(x_scale, w_scale, scale)
             if m.dim() == 1:
                 m = m.view((1, -1) + (1,) * (acc.dim() - 2))
-            return mlas.requantize(acc, m, zp, qmin=qmin, qmax=qmax)
+            first = not finished  # the accumulator is scratch for the first requantization (usually the only one)
+            finished.append(True)
+            return mlas.requantize(acc, m, zp, qmin=qmin, qmax=qmax, centered=True, overwrite=first)
 
         return Pending(finish, f"layer {name}")
 
     @staticmethod
     def _add(a: Codes, b: Codes, name: str) -> Pending:
         def finish(scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
-            return mlas.qlinear_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmin=qmin,
-                                    qmax=qmax)
+            q = mlas.qlinear_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmin=qmin,
+                                 qmax=qmax)
+            return q - float(zp) if zp else q
 
         return Pending(finish, f"add {name}")
 
@@ -277,7 +291,8 @@ class IntegerSimulation(nn.Module):
             raise UnsupportedOp(f"{node.format_node()}: only global average pooling is modelled")
 
         def finish(scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
-            out = mlas.global_average_pool(x.q, x.scale, x.zero_point, scale, zp, qmin=qmin, qmax=qmax)
+            # sum(q) - zp_x * N is sum(c), exactly
+            out = mlas.global_average_pool(x.c, x.scale, 0, scale, zp, qmin=qmin, qmax=qmax, centered=True)
             return out if module is not None or node.kwargs.get("keepdim") else out.flatten(-2)
 
         return Pending(finish, f"pool {node.name}")
@@ -290,15 +305,42 @@ class IntegerSimulation(nn.Module):
             return self._call_float(node, module, args, kwargs)
         if isinstance(module, (nn.Dropout, nn.Identity)):
             return codes
-        zp = float(codes.zero_point)
-        raw = [a.centered() if isinstance(a, Codes) else a for a in args]
-        if node.target is F.pad:  # pads with 0, the zero point in codes
-            out = self._call_float(node, module, raw, kwargs)
-            return Codes(out + zp, codes.scale, codes.zero_point)
-        out = self._call_float(node, module, [codes.q if isinstance(a, Codes) else a for a in args], kwargs)
+        # On centered codes: zero padding (F.pad) pads with the zero point, max pooling and reshapes commute with it.
+        out = self._call_float(node, module, [a.c if isinstance(a, Codes) else a for a in args], kwargs)
         if isinstance(out, torch.Tensor) and out.is_floating_point():
-            return Codes(out, codes.scale, codes.zero_point)
+            return Codes(out, codes.scale, codes.zero_point, codes.bound)
         return out
+
+
+def _accumulate(layer: QuantConv2d | QuantLinear, xc: torch.Tensor, x: Codes, ops: _LayerCodes) -> torch.Tensor:
+    """The layer's accumulator ``sum(c * w) + bias``, rounded to float32 once as ONNX Runtime converts its int32
+    (or a float64 holding it exactly). Sums of integers are exact in float32 (oneDNN's kernels, any summation
+    order) while every partial sum stays below ``2**24``. ``|sum(c * w)|`` is bounded by the code range, or
+    else by the codes' measured ``max |c|``. A bias too large for that bound is split into ``hi`` (the nearest
+    float32) and ``lo`` (the small integer rest): ``lo`` goes into the convolution, ``hi`` is added after it,
+    a float32 addition whose one rounding of the exact sum is the conversion's. Where even ``sum(c * w)`` may pass
+    ``2**24``, ``c = 16 * hi + lo`` is split so that both halves' sums are exact, joined in float64 (float64
+    throughout where the halves could pass it too)."""
+
+    def apply(inputs: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(layer, QuantConv2d):
+            return F.conv2d(inputs, w, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
+        return F.linear(inputs, w, bias)
+
+    largest = x.bound
+    if largest * ops.row_sum >= EXACT_F32:
+        largest = x.max_abs()
+    if largest * ops.row_sum + ops.bias_max < EXACT_F32:
+        return apply(xc, ops.w, ops.bias_hi)  # no bias, or every bias code below 2**24 (hi is the bias)
+    assert ops.bias is not None and ops.bias_hi is not None
+    shape = (1, -1) + (1,) * (xc.dim() - 2)
+    if largest * ops.row_sum + ops.bias_lo_max < EXACT_F32:
+        return apply(xc, ops.w, ops.bias_lo).add_(ops.bias_hi.view(shape))
+    if (largest / 16 + 1) * ops.row_sum < EXACT_F32:
+        hi = torch.floor(xc / 16)  # exact: a division by a power of two, then floor
+        acc = apply(hi, ops.w, None).double().mul_(16).add_(apply(xc - 16 * hi, ops.w, None))
+        return acc.add_(ops.bias.view(shape))
+    return apply(xc.double(), ops.w.double(), ops.bias)
 
 
 __all__ = ["Codes", "IntegerSimulation", "Pending", "UnsupportedOp"]

@@ -57,12 +57,13 @@ def _f32(x: torch.Tensor | float) -> torch.Tensor:
 
 
 def quantize_linear(x: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | int, *, qmin: int,
-                    qmax: int) -> torch.Tensor:
-    """QuantizeLinear on a float32 tensor: integer codes (float32). ``scale``/``zero_point`` broadcast."""
+                    qmax: int, centered: bool = False) -> torch.Tensor:
+    """QuantizeLinear on a float32 tensor: integer codes (float32). ``scale``/``zero_point`` broadcast.
+    ``centered``: the codes minus the zero point (what an integer kernel consumes), one pass fewer."""
     zp = torch.as_tensor(zero_point).to(F32)
     v = x.to(F32) / _f32(scale)
     v = torch.minimum(torch.maximum(v, qmin - zp), qmax - zp)
-    return torch.round(v) + zp
+    return torch.round(v) if centered else torch.round(v) + zp
 
 
 def dequantize_linear(codes: torch.Tensor, scale: torch.Tensor, zero_point: torch.Tensor | int) -> torch.Tensor:
@@ -71,15 +72,19 @@ def dequantize_linear(codes: torch.Tensor, scale: torch.Tensor, zero_point: torc
 
 
 def requantize(acc: torch.Tensor, multiplier: torch.Tensor, zero_point: torch.Tensor | int, *, qmin: int,
-               qmax: int) -> torch.Tensor:
+               qmax: int, centered: bool = False, overwrite: bool = False) -> torch.Tensor:
     """``MlasRequantizeOutput``: int32 accumulators (float32/64 holding integers) to output codes (float32).
-    ``multiplier`` is float32, broadcast against ``acc`` (one per output channel, or one)."""
-    v = acc.to(F32) * _f32(multiplier)
+    ``multiplier`` is float32, broadcast against ``acc`` (one per output channel, or one). ``centered``: the
+    codes minus the zero point. ``overwrite``: a float32 ``acc`` is the caller's scratch, computed on in place.
+    (In place either way: torch's out-of-place multiplication broadcasting a per-channel multiplier is several
+    times slower than a copy and an in-place one.)"""
+    v = acc.to(F32, copy=not overwrite).mul_(_f32(multiplier))
     if isinstance(zero_point, int):
-        return v.clamp_(qmin - zero_point, qmax - zero_point).round_().add_(zero_point)
+        v = v.clamp_(qmin - zero_point, qmax - zero_point).round_()
+        return v if centered else v.add_(zero_point)
     zp = zero_point.to(F32)
-    v = torch.minimum(torch.maximum(v, qmin - zp), qmax - zp)
-    return torch.round(v) + zp
+    v = torch.round(torch.minimum(torch.maximum(v, qmin - zp), qmax - zp))
+    return v if centered else v + zp
 
 
 def conv_multiplier(x_scale: torch.Tensor, w_scale: torch.Tensor, y_scale: torch.Tensor) -> torch.Tensor:
@@ -99,11 +104,13 @@ def pool_multiplier(x_scale: torch.Tensor, y_scale: torch.Tensor, count: int) ->
 
 
 def global_average_pool(codes: torch.Tensor, x_scale: torch.Tensor, x_zero_point: int, y_scale: torch.Tensor,
-                        y_zero_point: int, *, qmin: int, qmax: int) -> torch.Tensor:
-    """QLinearGlobalAveragePool over the last two dimensions of NCHW ``codes`` (kept as 1x1)."""
+                        y_zero_point: int, *, qmin: int, qmax: int, centered: bool = False) -> torch.Tensor:
+    """QLinearGlobalAveragePool over the last two dimensions of NCHW ``codes`` (kept as 1x1); ``centered``: the
+    output codes minus their zero point."""
     count = codes.shape[-1] * codes.shape[-2]
     acc = codes.to(F64).sum(dim=(-2, -1), keepdim=True) - float(x_zero_point * count)
-    return requantize(acc, pool_multiplier(x_scale, y_scale, count), y_zero_point, qmin=qmin, qmax=qmax)
+    return requantize(acc, pool_multiplier(x_scale, y_scale, count), y_zero_point, qmin=qmin, qmax=qmax,
+                      centered=centered)
 
 
 def _fma_f32(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:

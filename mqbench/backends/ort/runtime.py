@@ -47,15 +47,24 @@ def make_session(model: Any, threads: int, optimized_path: str | None = None) ->
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def integer_op_summary(model: Any, threads: int = 1) -> dict[str, Any]:
-    """The operator types of the graph ONNX Runtime runs after optimising ``model``, and which arithmetic
-    operators were left in float (none, when every group was fused into an integer kernel)."""
+def session_and_summary(model: Any, threads: int) -> tuple[Any, dict[str, Any]]:
+    """A session (:func:`make_session`) and :func:`op_summary` of the graph it optimised and runs."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "optimized.onnx")
-        make_session(model, threads, path)
-        optimized = onnx.load(path)
+        session = make_session(model, threads, path)
+        return session, op_summary(onnx.load(path))
+
+
+def integer_op_summary(model: Any, threads: int = 1) -> dict[str, Any]:
+    """The operator types of the graph ONNX Runtime runs after optimising ``model``, and which arithmetic
+    operators were left in float (none, when every group was fused into an integer kernel)."""
+    return session_and_summary(model, threads)[1]
+
+
+def op_summary(optimized: Any) -> dict[str, Any]:
+    """:func:`integer_op_summary` of a graph ONNX Runtime optimised (an ``onnx.ModelProto``)."""
     ops = Counter(node.op_type for node in optimized.graph.node)
     float_ops = {op: n for op, n in sorted(ops.items()) if op in COMPUTE_OPS}
     return {"ops": dict(sorted(ops.items())), "float_compute_ops": float_ops,
@@ -69,12 +78,14 @@ class OnnxModel:
         self.build, self.threads = build, threads
         self.sessions: dict[tuple[int, ...], Any] = {}
         self.models: dict[tuple[int, ...], Any] = {}
+        self.summaries: dict[tuple[int, ...], dict[str, Any]] = {}  # of the graphs the sessions optimised
 
     def session(self, example: torch.Tensor) -> Any:
         key = tuple(example.shape[1:])
         if key not in self.sessions:
-            self.models[key] = self.build(example[:1])
-            self.sessions[key] = make_session(self.models[key], self.threads)
+            if key not in self.models:
+                self.models[key] = self.build(example[:1])
+            self.sessions[key], self.summaries[key] = session_and_summary(self.models[key], self.threads)
         return self.sessions[key]
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -83,7 +94,10 @@ class OnnxModel:
         return torch.from_numpy(out)
 
     def with_threads(self, threads: int) -> OnnxModel:
-        """The same exported models in sessions with ``threads`` intra-op threads (for latency)."""
+        """The same exported models in sessions with ``threads`` intra-op threads (for latency): this model when it
+        already has that many."""
+        if threads == self.threads:
+            return self
         clone = OnnxModel(self.build, threads)
         clone.models = self.models
         return clone
@@ -96,7 +110,8 @@ class OnnxModel:
 
     def deployment_info(self) -> dict[str, Any]:
         """For each input shape exported: the operators ONNX Runtime ran after optimisation."""
-        return {"x".join(map(str, key)): integer_op_summary(model, self.threads) for key, model in self.models.items()}
+        return {"x".join(map(str, key)): self.summaries[key] if key in self.summaries else
+                integer_op_summary(model, self.threads) for key, model in self.models.items()}
 
 
 def cpu_isa() -> list[str]:
