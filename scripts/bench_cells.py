@@ -15,8 +15,8 @@ and current so that a slow spell of the machine hits both:
 * ``quick-cold``: ``mqbench run --all`` with an empty cache (nothing decoded or trained before).
 
 ImageNet cases share one decoded-data cache, filled before timing; ``quick-cold`` gets an empty cache each time.
-Per case: wall seconds of the command, the record's stage timings, and whether every record's per-image top-1
-outcomes (sim, integer sim, deployed) are identical between the two revisions. Writes
+Per case: wall seconds of the command, the record's stage timings, and per evaluation (sim, integer sim, deployed)
+on how many images the per-image top-1 outcome differs between the two revisions. Writes
 ``results/bench/cells-<date>-<baseline>-<commit>.json`` and prints a Markdown table.
 """
 
@@ -70,6 +70,21 @@ def outcomes(records: list[dict[str, Any]]) -> dict[str, dict[str, str]]:
             for r in records}
 
 
+def differing_images(a: list[dict[str, Any]], b: list[dict[str, Any]]) -> dict[str, int | None]:
+    """Per evaluation (sim, integer_sim, deployed): on how many images the per-image top-1 outcome differs between
+    the two revisions' records of the same cells (None: an evaluation or cell only one of them has)."""
+    oa, ob = outcomes(a), outcomes(b)
+    names = sorted({name for cell in [*oa.values(), *ob.values()] for name in cell})
+    out: dict[str, int | None] = {}
+    for name in names:
+        pairs = [(oa[h].get(name), ob.get(h, {}).get(name)) for h in oa]
+        if any(x is None or y is None for x, y in pairs) or set(oa) != set(ob):
+            out[name] = None
+            continue
+        out[name] = sum(bin(int(x, 16) ^ int(y, 16)).count("1") for x, y in pairs if x)
+    return out
+
+
 def summary(result: dict[str, Any]) -> dict[str, Any]:
     timings: dict[str, float] = {}
     for record in result["records"]:
@@ -106,7 +121,8 @@ def main() -> int:
             report["cases"][name] = {
                 "command": "mqbench " + " ".join(CASES[name]), "baseline": base, "current": cur,
                 "speedup": round(base["wall_s"] / cur["wall_s"], 2),
-                "same_outcomes": outcomes(runs["baseline"]["records"]) == outcomes(runs["current"]["records"])}
+                "same_outcomes": outcomes(runs["baseline"]["records"]) == outcomes(runs["current"]["records"]),
+                "differing_images": differing_images(runs["baseline"]["records"], runs["current"]["records"])}
             print(json.dumps(report["cases"][name]), flush=True)
     finally:
         git("worktree", "remove", "--force", str(base_tree))
@@ -127,11 +143,12 @@ def machine() -> dict[str, Any]:
 
 
 def table(report: dict[str, Any]) -> str:
-    lines = [f"| case | baseline {report['baseline']} (s) | current {report['current']} (s) | speedup | same figures |",
-             "|---|---|---|---|---|"]
+    lines = [f"| case | baseline {report['baseline']} (s) | current {report['current']} (s) | speedup | "
+             "images whose top-1 outcome differs |", "|---|---|---|---|---|"]
     for name, case in report["cases"].items():
+        differ = ", ".join(f"{k} {v}" for k, v in case.get("differing_images", {}).items())
         lines.append(f"| {name} | {case['baseline']['wall_s']} | {case['current']['wall_s']} | {case['speedup']}x | "
-                     f"{'yes' if case['same_outcomes'] else 'NO'} |")
+                     f"{differ or ('none' if case['same_outcomes'] else 'some')} |")
     return "\n".join(lines)
 
 
