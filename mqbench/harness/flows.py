@@ -154,11 +154,12 @@ def _simulated(run: CellRun) -> QuantSim:
 
 
 def channels_last(model: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    """``model`` evaluated in channels-last memory format: a copy with its 4-d weights and buffers converted, called
-    on channels-last inputs. oneDNN's channels-last kernels run a MobileNet's fake-quant simulation about a third
-    faster; not bit for bit (another summation order moves a few rounding ties of the activation quantizers): per-image
-    top-1 outcomes differ on 7 of 1300 ImageNet images for MobileNetV2 W8A8 (``tests/realdata``, tolerance 1%)."""
-    converted = copy.deepcopy(model).to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+    """``model`` evaluated in channels-last memory format: its 4-d weights and buffers converted in place (pass a
+    copy, as :func:`~mqbench.quant.inference.for_inference` makes), called on channels-last inputs. oneDNN's
+    channels-last kernels run a MobileNet's fake-quant simulation about a third faster; not bit for bit (another
+    summation order moves a few rounding ties of the activation quantizers): per-image top-1 outcomes differ on 7 of
+    1300 ImageNet images for MobileNetV2 W8A8 (``tests/realdata``, tolerance 1%)."""
+    converted = model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
 
     def call(x: torch.Tensor) -> torch.Tensor:
         return converted(x.contiguous(memory_format=torch.channels_last) if x.dim() == 4 else x)
