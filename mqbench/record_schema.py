@@ -87,6 +87,8 @@ RECORD_SCHEMA: dict[str, Any] = {
         "agreement": AGREEMENT, "agreement_integer_sim": AGREEMENT, "latency": LATENCY, "layerwise": LAYERWISE,
         "layerwise_unavailable": STR, "integer_sim_unavailable": STR,
         "quantsim_reused_in_process": obj({"from_backend": STR, "timings_s": obj(values=NUMBER)}, ("from_backend",)),
+        "calibration_reused_in_process": obj({"steps": {"type": "array", "items": STR}, "timings_s": obj(values=NUMBER)},
+                                             ("steps",)),
         "sim_evaluation": obj({"memory_format": {"enum": ["contiguous", "channels_last"]}, "batch_size": COUNT}),
         "timings_s": obj(values=NUMBER), "training": obj(values=obj({"seconds": NUMBER_OR_NULL})),
         "method_notes": obj(), "qparams_summary": obj(values=COUNT),

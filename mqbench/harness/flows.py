@@ -31,7 +31,7 @@ from mqbench.harness.workspace import Workspace, evaluate
 from mqbench.methods import StepContext
 from mqbench.metrics import Evaluation
 from mqbench.quant.inference import for_inference
-from mqbench.quant.qsim import QuantSim
+from mqbench.quant.qsim import Placement, QuantSim
 
 
 class Timer:
@@ -135,13 +135,11 @@ def _simulated(run: CellRun) -> QuantSim:
         run.ctx.training.update({name: {**cost, "reused_in_process": True} for name, cost in made.training.items()})
         run.evaluations["sim"] = made.evaluation
         run.record["quantsim_reused_in_process"] = {"from_backend": made.runtime, "timings_s": dict(made.timings)}
+        if made.calibration_reused is not None:
+            run.record["calibration_reused_in_process"] = copy.deepcopy(made.calibration_reused)
         return copy.deepcopy(made.qsim)
     before = set(run.timer.timings)
-    with run.timer("prepare"):
-        qsim = QuantSim.from_float(run.model, run.cell.scheme, placement)
-    for step in pipeline.stage("calibrate"):
-        with run.timer(f"calibrate:{step.name}"):
-            step.method.calibrate(qsim, run.calib, step.config, run.ctx)
+    qsim = _calibrated(run, pipeline, placement)
     for step in pipeline.stage("refine"):
         with run.timer(f"refine:{step.name}"):
             step.method.refine(qsim, run.model, run.calib, step.config, run.ctx)
@@ -149,7 +147,36 @@ def _simulated(run: CellRun) -> QuantSim:
         run.evaluate("sim", channels_last(for_inference(qsim.eval())), "sim")
     timings = {k: v for k, v in run.timer.timings.items() if k not in before}
     run.ws.simulated[key] = Simulated(copy.deepcopy(qsim), run.evaluations["sim"], run.cell.runtime.name, timings,
-                                      copy.deepcopy(run.ctx.notes), copy.deepcopy(run.ctx.training))
+                                      copy.deepcopy(run.ctx.notes), copy.deepcopy(run.ctx.training),
+                                      copy.deepcopy(run.record.get("calibration_reused_in_process")))
+    return qsim
+
+
+def _calibrated(run: CellRun, pipeline: Pipeline, placement: Placement) -> QuantSim:
+    """The QuantSim placed and calibrated by the pipeline's transform and calibrate steps. Cells of a run that share
+    those steps (``mse`` and ``mse+adaround``; ``minmax`` and ``minmax+bias_correction``) with the same model, scheme,
+    placement, seed and data share one calibration, copied: the record says ``calibration_reused_in_process`` and
+    what the calibration cost where it was made."""
+    c = run.cell.cell
+    calibrate = pipeline.stage("calibrate")
+    key = json.dumps([c.model, c.weights, [s.text for s in pipeline.stage("transform")], [s.text for s in calibrate],
+                      run.cell.scheme.name, asdict(placement), c.seed, run.cell.split_keys, c.train_budget_s,
+                      run.ws.batch_size], default=str)
+    if calibrate and key in run.ws.calibrated:
+        qsim, notes, timings = run.ws.calibrated[key]
+        run.ctx.notes.update(copy.deepcopy(notes))
+        run.record["calibration_reused_in_process"] = {"steps": [s.text for s in calibrate], "timings_s": dict(timings)}
+        return copy.deepcopy(qsim)
+    before, notes_before = set(run.timer.timings), set(run.ctx.notes)
+    with run.timer("prepare"):
+        qsim = QuantSim.from_float(run.model, run.cell.scheme, placement)
+    for step in calibrate:
+        with run.timer(f"calibrate:{step.name}"):
+            step.method.calibrate(qsim, run.calib, step.config, run.ctx)
+    if calibrate:
+        notes = {k: v for k, v in run.ctx.notes.items() if k not in notes_before}
+        run.ws.calibrated[key] = (copy.deepcopy(qsim), copy.deepcopy(notes),
+                                  {k: v for k, v in run.timer.timings.items() if k not in before})
     return qsim
 
 
@@ -177,6 +204,7 @@ class Simulated:
     timings: dict[str, float]
     notes: dict[str, Any]
     training: dict[str, Any]
+    calibration_reused: dict[str, Any] | None = None  # the record's calibration_reused_in_process, if any
 
 
 def transformed(model: nn.Module, cell: ResolvedCell, ctx: StepContext, ws: Workspace, timer: Timer) -> nn.Module:

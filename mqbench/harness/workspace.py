@@ -46,6 +46,8 @@ class Workspace:
         self.float_latency: dict[str, dict[str, Any]] = {}
         # Calibrated QuantSims with their simulation, per model, pipeline, scheme and placement (flows._simulated).
         self.simulated: dict[str, Any] = {}
+        # QuantSims after the pipeline's calibrate steps, with their notes and timings (flows._calibrated).
+        self.calibrated: dict[str, tuple[Any, dict[str, Any], dict[str, float]]] = {}
 
     def split(self, dataset: str, split: str, limit: int | None = None, preprocess: str = "native") -> Split:
         """A decoded split (decoded once per process; image datasets also cache it on disk)."""

@@ -298,9 +298,10 @@ class HistogramObserver(Observer):
         return self.lo + width * (torch.arange(self.bins, dtype=torch.float64) + 0.5)
 
     def observe(self, x: torch.Tensor) -> None:
-        self._check(x)
         x = x.detach().float()
-        lo, hi = float(x.amin()), float(x.amax())
+        low, high = torch.aminmax(x)
+        self._check(low)  # a NaN anywhere in x is a NaN minimum (aminmax propagates it): one pass, not three
+        lo, hi = float(low), float(high)
         if self.count == 0:
             self.lo, self.hi = lo, hi
         elif lo < self.lo or hi > self.hi:

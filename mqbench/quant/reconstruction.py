@@ -10,8 +10,9 @@ A convolution's output at one position depends only on the input patch under it,
 *rows*: for ``positions`` sampled output positions per image, the input patch (``x~``) and the float
 network's activation-applied output (the target). The layer's output on rows is a grouped matrix
 product (:func:`layer_rows`), whatever the image resolution. The float network runs once over the
-images (keeping every layer's targets); for each layer the quantized network runs up to that layer and
-stops, so a layer's data reflect the fitted layers before it.
+images (keeping every layer's targets); the quantized network runs node by node, each layer's input computed from
+the previous layer on once that layer is fitted (:class:`_QuantizedPrefix`), so a layer's data reflect the fitted
+layers before it and the network still runs only once over the images.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from torch import fx, nn
 
 from mqbench.data import Split
 from mqbench.layers import tf_same_pad
@@ -86,15 +87,12 @@ class LayerData:
         return (out - t).pow(2).sum(1).mean()
 
 
-class _Stop(Exception):
-    """Raised by a hook to end a forward pass once the wanted layer's input is collected."""
-
-
 def layer_data(qsim: QuantSim, calib: Split, *, images: int, positions: int, seed: int = 0, batch_size: int = 32,
                reporter: Reporter = SILENT, description: str = "layers") -> Iterator[LayerData]:
     """Yield each weighted layer's :class:`LayerData` in network order. The caller fits the layer (and
     updates the QuantSim) before asking for the next one: the next layer's inputs come from the
-    quantized network as it is then."""
+    quantized network as it is then. The caller changes only the layer it was given (its weight, bias or
+    weight quantizer): the quantized network's values before that layer are kept, not recomputed."""
     generator = torch.Generator().manual_seed(seed)
     chosen = calib.images[:images]
     names = [info.name for info in qsim.layers]
@@ -102,9 +100,10 @@ def layer_data(qsim: QuantSim, calib: Split, *, images: int, positions: int, see
     activations = {name: qsim.fused_activation(name) for name in names}
     sampled: dict[str, torch.Tensor] = {}
     targets = _float_targets(qsim, calib, chosen, layers, activations, sampled, positions, generator, batch_size)
+    prefix = _QuantizedPrefix(qsim, [calib.normalize(chosen[i:i + batch_size]) for i in range(0, len(chosen), batch_size)])
     for name in reporter.track(names, description, total=len(names)):
         layer = layers[name]
-        x_rows = _quantized_inputs(qsim, calib, chosen, name, layer, sampled[name], batch_size)
+        x_rows = _quantized_inputs(prefix, name, layer, sampled[name])
         bias = layer.bias
         yield LayerData(name, grouped_weight(layer).detach().clone(),
                         bias.detach().clone() if isinstance(bias, torch.Tensor) else None,
@@ -155,30 +154,57 @@ def _float_targets(qsim: QuantSim, calib: Split, images: torch.Tensor, layers: d
     return {name: torch.cat(r) for name, r in rows.items()}
 
 
-def _quantized_inputs(qsim: QuantSim, calib: Split, images: torch.Tensor, name: str, layer: nn.Module,
-                      positions: torch.Tensor, batch: int) -> torch.Tensor:
-    """The quantized network up to ``layer`` (which does not run): its input patch rows."""
-    rows: list[torch.Tensor] = []
-    offset = [0]
+class _QuantizedPrefix:
+    """The quantized network's FX graph run node by node on fixed batches, each batch's live node values kept.
 
-    def hook(mod: nn.Module, inp: tuple[torch.Tensor, ...]) -> None:
-        pos = positions[offset[0]:offset[0] + inp[0].shape[0]]
-        rows.append(patch_rows(mod, inp[0], pos))
-        raise _Stop
+    Asked for a layer's input, it computes only the nodes from the layer asked for last up to this one: the caller
+    changes only the layer it was given (its weight or weight quantizer) in between, so every node before that one
+    still holds its value. The network then runs once over the images in all, instead of once per layer up to it;
+    the same modules and functions on the same batches, so the same values as a full forward pass."""
 
-    handle = layer.register_forward_pre_hook(hook)
-    try:
-        with torch.no_grad():
-            for start in range(0, len(images), batch):
-                offset[0] = start
-                try:
-                    qsim(calib.normalize(images[start:start + batch]))
-                except _Stop:
-                    pass
-    finally:
-        handle.remove()
-    if len(rows) != -(-len(images) // batch):
+    def __init__(self, qsim: QuantSim, batches: list[torch.Tensor]) -> None:
+        self.graph_module = qsim.model
+        self.nodes = list(self.graph_module.graph.nodes)
+        self.interpreter = fx.Interpreter(self.graph_module)
+        index = {node: i for i, node in enumerate(self.nodes)}
+        self.last_use = {node: max((index[user] for user in node.users), default=-1) for node in self.nodes}
+        self.batches = batches
+        self.envs: list[dict[fx.Node, object]] = [{} for _ in batches]
+        self.start = 0  # the first node whose value may be stale
+
+    def node_of(self, name: str) -> int:
+        for i, node in enumerate(self.nodes):
+            if node.op == "call_module" and node.target == name:
+                return i
         raise RuntimeError(f"layer {name} did not run in the quantized model's forward pass")
+
+    def input_of(self, name: str) -> list[torch.Tensor]:
+        """Each batch's first input to layer ``name``, with every layer before it as it is now."""
+        stop = self.node_of(name)
+        inputs: list[torch.Tensor] = []
+        with torch.no_grad():
+            for batch, env in zip(self.batches, self.envs, strict=True):
+                self.interpreter.env = env
+                for i in range(self.start, stop):
+                    node = self.nodes[i]
+                    env[node] = batch if node.op == "placeholder" else self.interpreter.run_node(node)
+                for node in [n for n in env if self.last_use[n] < stop]:
+                    del env[node]  # no node from here on uses it
+                arg = self.nodes[stop].args[0]
+                assert isinstance(arg, fx.Node)
+                value = env[arg]
+                assert isinstance(value, torch.Tensor)
+                inputs.append(value)
+        self.start = stop
+        return inputs
+
+
+def _quantized_inputs(prefix: _QuantizedPrefix, name: str, layer: nn.Module, positions: torch.Tensor) -> torch.Tensor:
+    """The quantized network's input patch rows of ``layer`` at its sampled ``positions``."""
+    rows, offset = [], 0
+    for x in prefix.input_of(name):
+        rows.append(patch_rows(layer, x, positions[offset:offset + x.shape[0]]))
+        offset += x.shape[0]
     return torch.cat(rows)
 
 

@@ -159,8 +159,11 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
 
 def _method_seconds(record: dict[str, Any]) -> float | None:
     """Wall-clock seconds of the pipeline's own steps (transform, calibrate, refine), from the record's timings; a
-    training step whose result this cell reused from an earlier cell of its sweep counts with what it cost there."""
-    timings = record.get("timings_s") or {}
+    step whose result this cell reused from an earlier cell of its sweep (a training, a calibration, the whole
+    QuantSim) counts with what it cost there."""
+    timings = dict(record.get("timings_s") or {})
+    for reused in ("calibration_reused_in_process", "quantsim_reused_in_process"):
+        timings.update((record.get(reused) or {}).get("timings_s") or {})
     steps = [v for k, v in timings.items() if k.startswith(METHOD_STAGES)]
     steps += [float(cost.get("seconds") or 0.0) for cost in (record.get("training") or {}).values()
               if isinstance(cost, dict) and cost.get("reused_in_process")]

@@ -103,3 +103,38 @@ def test_adaround_refine_puts_weights_on_grid_and_keeps_float_mode() -> None:
     assert F.mse_loss(learned, ref) < F.mse_loss(nearest, ref)
     notes = ctx.notes["adaround"]
     assert set(notes["layers"]) == set(qsim.weight_quantizers)
+
+
+def test_each_layers_reconstruction_inputs_equal_a_full_forward_pass_after_the_layers_before_it_change() -> None:
+    """layer_data computes each layer's quantized input from the previous layer on (the network runs once in all):
+    bit for bit the input a whole forward pass of the quantized network gives once the earlier layers have changed,
+    on a network with residual additions, over batches of unequal size."""
+    from mqbench.quant.reconstruction import layer_data
+    from mqbench.testing.models import conformance_mobilenet_v2
+
+    torch.manual_seed(0)
+    calib = generate(0, "calib", 40)
+    qsim = QuantSim.from_float(conformance_mobilenet_v2().eval(), parse_scheme("w4a8-pc"))
+    calibrate_weights(qsim, minmax_observer)
+    calibrate_activations(qsim, calib, minmax_observer)
+    x = calib.normalize(calib.images[:40])
+    generator = torch.Generator().manual_seed(2)
+    seen = 0
+    for data in layer_data(qsim, calib, images=40, positions=8, batch_size=16):
+        layer = qsim.model.get_submodule(data.name)
+        captured: list[torch.Tensor] = []
+        handle = layer.register_forward_pre_hook(lambda m, inp, seen=captured: seen.append(inp[0]))
+        with torch.no_grad():
+            qsim(x)
+        handle.remove()
+        # the rows at the sampled positions are rows of the full pass's patches
+        full = F.unfold(captured[0], layer.kernel_size, layer.dilation, layer.padding, layer.stride) \
+            if isinstance(layer, nn.Conv2d) else captured[0].reshape(40, -1, 1)
+        patches = full.permute(0, 2, 1).reshape(40, -1, full.shape[1])  # (N, L, C*k*k)
+        rows = data.x_rows.reshape(40, -1, data.x_rows.shape[1] * data.x_rows.shape[2])
+        assert all(any(torch.equal(row, p) for p in patches[i]) for i in range(40) for row in rows[i]), data.name
+        # change this layer as a fit would: the next layer's inputs must follow
+        weight = qsim.layer_weight(data.name)
+        qsim.set_deployed_weight(data.name, weight + 0.05 * torch.randn(weight.shape, generator=generator))
+        seen += 1
+    assert seen == len(qsim.weight_quantizers)

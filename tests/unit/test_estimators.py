@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -9,6 +10,7 @@ from hypothesis import strategies as st
 from mqbench.quant.estimators import (
     Grid,
     HistogramObserver,
+    MinMaxObserver,
     SampleObserver,
     entropy_range,
     minmax_range,
@@ -112,3 +114,15 @@ def test_sample_observer_is_per_channel_along_its_axis() -> None:
     per_tensor = SampleObserver(minmax_range, axis=None)
     per_tensor.observe(w)
     assert per_tensor.compute_range()[1].dim() == 0
+
+
+@pytest.mark.parametrize("make", [lambda: MinMaxObserver(), lambda: MinMaxObserver(1),
+                                  lambda: HistogramObserver(lambda v, c: minmax_range(v, c)),
+                                  lambda: SampleObserver(lambda v, c: minmax_range(v, c))])
+def test_every_observer_refuses_a_tensor_holding_one_nan(make) -> None:  # type: ignore[no-untyped-def]
+    observer = make()
+    observer.observe(torch.randn(4, 3, 5, 5))
+    x = torch.randn(4, 3, 5, 5)
+    x[2, 1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match="containing NaN"):
+        observer.observe(x)

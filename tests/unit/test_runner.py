@@ -347,3 +347,29 @@ def test_runtimes_that_place_quantizers_alike_share_one_quantsim_and_the_float_l
         pc, pt = by[(runtime, "w8a8-pc")]["latency"], by[(runtime, "w8a8-pt")]["latency"]
         assert "float_reused_in_process" not in pc and pt["float_reused_in_process"] is True
         assert pt["float"] == pc["float"]
+
+
+def test_pipelines_sharing_their_calibrate_steps_share_one_calibration(plugins: Plugins, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    """``minmax`` and ``minmax+bias_correction`` calibrate alike: the second cell copies the first one's calibrated
+    QuantSim (and says so, with what the calibration cost) and refines the copy; its figures equal those of the same
+    cell run on its own, and the leaderboard's method seconds count the reused calibration."""
+    monkeypatch.setenv("MQBENCH_CACHE", str(tmp_path / "cache"))
+    cells = harness.expand(plugins, QUICK, models=["tiny_test_cnn"], quantizers=["minmax", "minmax+bias_correction",
+                                                                                  "mse+bias_correction"],
+                           schemes=["w8a8-pc"], eval_limit=100)
+    records = harness.run(cells, Store(tmp_path / "sweep"), harness.Workspace(plugins)).records
+    by = {r["config"]["pipeline"]: r for r in records}
+    assert all(r["status"] == "ok" for r in records), [r.get("error") for r in records]
+    assert "calibration_reused_in_process" not in by["minmax"]
+    reused = by["minmax+bias_correction"]["calibration_reused_in_process"]
+    assert reused["steps"] == ["minmax"] and "calibrate:minmax" in reused["timings_s"]
+    assert "calibrate:minmax" not in by["minmax+bias_correction"]["timings_s"]
+    assert "calibration_reused_in_process" not in by["mse+bias_correction"]  # another calibration
+    alone = harness.run([c for c in cells if c.quantizer == "minmax+bias_correction"], Store(tmp_path / "alone"),
+                        harness.Workspace(plugins)).records[0]
+    assert "calibration_reused_in_process" not in alone
+    assert alone["metrics"]["sim"] == by["minmax+bias_correction"]["metrics"]["sim"]
+    assert alone["method_notes"] == by["minmax+bias_correction"]["method_notes"]
+    row = {r["pipeline"]: r for r in leaderboard.rows_from_records(records)}["minmax+bias_correction"]
+    assert row["method_s"] >= reused["timings_s"]["calibrate:minmax"] - 0.05
