@@ -23,6 +23,7 @@ import pytest
 from mqbench.store import Store
 from tests.faults.conftest import SMALL, assert_one_line_error, digests, env_for, run_cli
 from tests.faults.fault_plugins import HOLD_IMPORT_ENV
+from tests.helpers import mqbench_in_process
 
 BACKENDS = ("simulated", "ort-qdq", "torch-fbgemm")
 
@@ -56,7 +57,7 @@ def test_a_model_with_non_finite_logits_is_a_failed_cell_on_every_backend(weight
                 r["error"]["message"]
         else:  # calibration sees the NaN first
             assert "NaN" in r["error"]["message"]
-    board = run_cli("leaderboard", "--format", "csv", "--results", str(results), env=fault_env)
+    board = mqbench_in_process("leaderboard", "--format", "csv", "--results", str(results), env=fault_env)
     rows = list(csv.DictReader(io.StringIO(board.stdout)))
     assert board.returncode == 0 and len(rows) == 6
     assert all(r["status"] == "failed" and r["top1"] == "" and r["top5"] == "" for r in rows)
@@ -82,7 +83,7 @@ def test_publish_refuses_a_directory_holding_files_it_did_not_write(results_copy
     (results / "plots" / "holiday.png").write_bytes(b"\x89PNG mine")
     (results / "index.html").write_text("<p>my own page</p>")
     before = digests(results)
-    res = run_cli("leaderboard", "--publish", "--results", str(results), env=fault_env)
+    res = mqbench_in_process("leaderboard", "--publish", "--results", str(results), env=fault_env)
     assert_one_line_error(res, 2, "was not written by `mqbench leaderboard --publish`")
     assert digests(results) == before
 
@@ -93,7 +94,7 @@ def test_publish_of_a_directory_without_records_changes_nothing(fault_env: dict[
     (results / "plots").mkdir()
     (results / "plots" / "keep.png").write_bytes(b"mine")
     before = digests(results)
-    res = run_cli("leaderboard", "--publish", "--results", str(results), env=fault_env)
+    res = mqbench_in_process("leaderboard", "--publish", "--results", str(results), env=fault_env)
     assert_one_line_error(res, 2, "nothing to publish")
     assert digests(results) == before
 
@@ -101,11 +102,11 @@ def test_publish_of_a_directory_without_records_changes_nothing(fault_env: dict[
 def test_publish_replaces_its_own_files_and_a_failure_midway_leaves_the_old_site(results_copy: Callable[[], Path],
                                                                                 fault_env: dict[str, str]) -> None:
     results = results_copy()
-    first = run_cli("leaderboard", "--publish", "--results", str(results), env=fault_env)
+    first = mqbench_in_process("leaderboard", "--publish", "--results", str(results), env=fault_env)
     assert first.returncode == 0, first.stderr[-2000:]
     manifest = json.loads((results / ".mqbench-published.json").read_text())["files"]
     assert "index.html" in manifest and any(f.startswith("plots/") for f in manifest)
-    again = run_cli("leaderboard", "--publish", "--results", str(results), env=fault_env)
+    again = mqbench_in_process("leaderboard", "--publish", "--results", str(results), env=fault_env)
     assert again.returncode == 0 and not list(results.glob(".publish-*"))
     published = digests(results)
     # A write that fails late (the 3 MB-class page past a 64 KiB file-size limit): the old site stays whole.
@@ -117,14 +118,14 @@ def test_publish_replaces_its_own_files_and_a_failure_midway_leaves_the_old_site
     attachment = results / record["attachments"]["layerwise"]["path"]
     attachment.write_bytes(attachment.read_bytes().replace(b"1", b"2", 1))
     published = digests(results)
-    res = run_cli("leaderboard", "--publish", "--results", str(results), env=fault_env)
+    res = mqbench_in_process("leaderboard", "--publish", "--results", str(results), env=fault_env)
     assert_one_line_error(res, 2, "does not match the sha256 in its record")
     assert digests(results) == published
 
 
 def test_publish_into_an_impossible_directory_is_one_line(fault_env: dict[str, str], tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
-    res = run_cli("leaderboard", "--publish", "--results", str(tmp_path / "file" / "results"), env=fault_env)
+    res = mqbench_in_process("leaderboard", "--publish", "--results", str(tmp_path / "file" / "results"), env=fault_env)
     assert_one_line_error(res, 2, "does not exist")
 
 
@@ -157,7 +158,7 @@ def test_records_with_wrong_field_types_are_listed_by_name_and_left_out(results_
         (results / "records" / names[mutation]).write_text(json.dumps(bad))
     before = digests(results)
     for fmt in ("rich", "md", "csv", "json"):
-        res = run_cli("leaderboard", "--format", fmt, "--results", str(results), env=fault_env)
+        res = mqbench_in_process("leaderboard", "--format", fmt, "--results", str(results), env=fault_env)
         assert res.returncode == 0 and "Traceback" not in res.stderr, (fmt, res.stderr[-2000:])
         for mutation, name in names.items():
             assert re.search(rf"warning: skipped \S*{name}: (field|a record)", res.stderr), (mutation, res.stderr)
@@ -167,7 +168,7 @@ def test_records_with_wrong_field_types_are_listed_by_name_and_left_out(results_
     assert res.returncode == 0 and "1 of 1 cells already stored" in res.stderr
     assert all(name in res.stderr for name in names.values())
     assert digests(results) == before
-    res = run_cli("leaderboard", "--publish", "--results", str(results), env=fault_env)
+    res = mqbench_in_process("leaderboard", "--publish", "--results", str(results), env=fault_env)
     assert res.returncode == 0, res.stderr[-2000:]
     left_out = (results / "LEADERBOARD.md").read_text().split("## Left out")[1]
     assert all(name in left_out for name in names.values())
@@ -180,7 +181,7 @@ def test_a_record_holding_nan_is_left_out(results_copy: Callable[[], Path], faul
     text = path.read_text()
     (results / "records" / "nan.json").write_text(
         re.sub(r'"value": [0-9.e-]+', '"value": NaN', text, count=1).replace(path.stem[-8:], "nan00000"))
-    res = run_cli("leaderboard", "--format", "md", "--results", str(results), env=fault_env)
+    res = mqbench_in_process("leaderboard", "--format", "md", "--results", str(results), env=fault_env)
     assert res.returncode == 0 and "nan.json: field 'metrics.sim.accuracy.top1.value' is nan" in res.stderr
 
 
@@ -275,8 +276,8 @@ def test_a_plugin_failing_on_a_name_collision_withdraws_what_it_registered(fault
 ])
 def test_numeric_options_are_checked_before_any_work(option: str, value: str, allowed: str, fault_env: dict[str, str],
                                                      tmp_path: Path) -> None:
-    res = run_cli("run", "--model", "fault_tiny:finite", option, value, "--results", str(tmp_path / "r"),
-                  env=fault_env, timeout=60)
+    res = mqbench_in_process("run", "--model", "fault_tiny:finite", option, value, "--results", str(tmp_path / "r"),
+                             env=fault_env)
     assert_one_line_error(res, 2, f"argument {option}: must be {allowed}")
     assert not (tmp_path / "r").exists()
 
@@ -323,8 +324,8 @@ def test_names_and_messages_are_escaped_in_markdown_and_html(fault_env: dict[str
     res = run_cli("run", "--model", "<b>evil</b>:finite", "--method", "markdown_boom", "--method", "minmax", "--scheme",
                   "w8a8-pt", "--results", str(results), *SMALL, env=fault_env)
     assert res.returncode == 1
-    md = run_cli("leaderboard", "--format", "md", "--results", str(results), env=fault_env).stdout
-    assert run_cli("leaderboard", "--publish", "--results", str(results), env=fault_env).returncode == 0
+    md = mqbench_in_process("leaderboard", "--format", "md", "--results", str(results), env=fault_env).stdout
+    assert mqbench_in_process("leaderboard", "--publish", "--results", str(results), env=fault_env).returncode == 0
     for text in (md, (results / "LEADERBOARD.md").read_text()):
         assert "<b>" not in text and "<script>" not in text
         for table in re.findall(r"(?:^\|.*\|$\n?)+", text, flags=re.M):
@@ -382,7 +383,7 @@ def test_a_limit_above_the_split_and_reordered_calibrate_steps_are_the_stored_ce
 ])
 def test_bad_results_directories_and_names_are_one_line(args: list[str], expected: str, fault_env: dict[str, str],
                                                         tmp_path: Path) -> None:
-    res = run_cli(*args, env={**fault_env, "MQBENCH_RESULTS": str(tmp_path / "unused")})
+    res = mqbench_in_process(*args, env={**fault_env, "MQBENCH_RESULTS": str(tmp_path / "unused")})
     assert_one_line_error(res, 2, expected)
     assert not (tmp_path / "unused").exists()
 
@@ -401,17 +402,17 @@ def test_store_check_reports_leftovers_and_repair_removes_only_old_ones(results_
     an_hour_ago = time.time() - 3600
     for path in (stale, orphan, build):
         os.utime(path, (an_hour_ago, an_hour_ago))
-    res = run_cli("store", "check", "--results", str(results), env=fault_env)
+    res = mqbench_in_process("store", "check", "--results", str(results), env=fault_env)
     assert res.returncode == 1
     for path in (stale, orphan, build):
         assert f"leftover: {path}" in res.stdout
     assert str(fresh) not in res.stdout and "3 left (run with --repair" in res.stdout
-    res = run_cli("store", "check", "--repair", "--results", str(results), env=fault_env)
+    res = mqbench_in_process("store", "check", "--repair", "--results", str(results), env=fault_env)
     assert res.returncode == 0 and "3 leftover(s) removed" in res.stdout
     assert not stale.exists() and not orphan.exists() and not build.exists() and fresh.exists()
     assert digests(results / "records") == {**records_before, fresh.relative_to(results / "records").as_posix():
                                             digests(results / "records")[fresh.name]}
     (results / "records" / "junk.json").write_text("not json")
-    res = run_cli("store", "check", "--repair", "--results", str(results), env=fault_env)
+    res = mqbench_in_process("store", "check", "--repair", "--results", str(results), env=fault_env)
     assert res.returncode == 1 and "problem: " in res.stderr and "junk.json" in res.stderr
     assert (results / "records" / "junk.json").exists()  # a record-shaped problem is never deleted

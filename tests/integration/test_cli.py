@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from mqbench.store import Store
-from tests.helpers import REPO, cli_env, mqbench, popen_mqbench
+from tests.helpers import REPO, cli_env, mqbench, mqbench_in_process, popen_mqbench
 
 pytestmark = pytest.mark.slow
 
@@ -65,7 +65,7 @@ def test_second_run_runs_no_cell_and_markdown_has_the_same_numbers(quick_run: tu
     assert res.returncode == 0
     assert "9 of 9 cells already stored, not rerun" in res.stderr
     assert sorted(p.name for p in (results / "records").iterdir()) == before
-    md = mqbench("leaderboard", "--format", "md", "--results", str(results), env=cli_env(cache))
+    md = mqbench_in_process("leaderboard", "--format", "md", "--results", str(results), env=cli_env(cache))
     assert md.returncode == 0
     for r in _records(results):
         c, acc = r["config"], r["metrics"]["sim"]["accuracy"]["top1"]
@@ -143,7 +143,7 @@ def test_plugin_raising_in_a_cell_fails_only_that_cell(quick_run, boom_env: dict
     (["analyze", "--model", "quick_cnm"], "unknown model 'quick_cnm'"),
 ])
 def test_usage_errors_exit_2_with_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
-    res = mqbench(*args, "--results", str(tmp_path / "r"), env=cli_env(tmp_path / "cache"))
+    res = mqbench_in_process(*args, "--results", str(tmp_path / "r"), env=cli_env(tmp_path / "cache"))
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
     assert len(lines) == 1 and expected in lines[0], res.stderr
@@ -152,7 +152,7 @@ def test_usage_errors_exit_2_with_one_line(args: list[str], expected: str, tmp_p
 
 def test_unwritable_results_fail_before_any_work(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("not a directory")
-    res = mqbench("run", "--all", "--results", str(tmp_path / "file" / "results"), env=cli_env(tmp_path / "cache"))
+    res = mqbench_in_process("run", "--all", "--results", str(tmp_path / "file" / "results"), env=cli_env(tmp_path / "cache"))
     assert res.returncode == 2 and "is not writable" in res.stderr and "--results" in res.stderr
     assert not (tmp_path / "cache").exists()
 
@@ -170,7 +170,7 @@ def test_corrupt_and_foreign_files_are_reported_and_kept(quick_run, cache: Path,
         return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (mine / "records").iterdir()}
 
     before = digests()
-    res = mqbench("leaderboard", "--format", "md", "--results", str(mine), env=cli_env(cache))
+    res = mqbench_in_process("leaderboard", "--format", "md", "--results", str(mine), env=cli_env(cache))
     assert res.returncode == 0
     assert "broken.json: not valid JSON" in res.stderr and "notes.json: not an mqbench record" in res.stderr
     assert "quick_cnn (synthetic) on synthetic" in res.stdout
@@ -181,13 +181,13 @@ def test_corrupt_and_foreign_files_are_reported_and_kept(quick_run, cache: Path,
 
 def test_plugins_and_list_commands(tmp_path: Path) -> None:
     env = cli_env(tmp_path / "cache")
-    res = mqbench("plugins", "--json", env=env)
+    res = mqbench_in_process("plugins", "--json", env=env)
     infos = {p["name"]: p for p in json.loads(res.stdout)}
     assert infos["mqbench.methods.minmax"]["hooks"] == ["mqbench_register_methods"]
     assert all(infos[n]["status"] == "loaded" for n in infos if n.startswith("mqbench."))
-    listed = json.loads(mqbench("list", "methods", "--json", env=env).stdout)
+    listed = json.loads(mqbench_in_process("list", "methods", "--json", env=env).stdout)
     assert {m["name"]: m["stage"] for m in listed}["minmax"] == "calibrate"
-    assert "--force" in mqbench("run", "--help", env=env).stdout
+    assert "--force" in mqbench_in_process("run", "--help", env=env).stdout
 
 
 @pytest.fixture(autouse=True)
@@ -198,7 +198,7 @@ def _no_stray_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def test_missing_data_directory_is_a_usage_error_naming_the_expected_file(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
-    res = mqbench("run", "--suite", "imagenet", "--results", str(tmp_path / "r"),
+    res = mqbench_in_process("run", "--suite", "imagenet", "--results", str(tmp_path / "r"),
                   env=cli_env(tmp_path / "cache", MQBENCH_DATA=str(tmp_path / "empty")))
     assert res.returncode == 2
     assert "dataset imagenet/calib expects" in res.stderr and "calib-1000.parquet, which does not exist" in res.stderr
@@ -260,11 +260,11 @@ def test_analyze_stores_layerwise_records_plots_and_reuses_them(quick_run, cache
                   "--quiet", "--results", str(results), env=env)
     assert res.returncode == 0 and "1 of 1 cells already stored" in res.stderr  # a plain run is answered too
     assert len(_records(results)) == 4
-    res = mqbench("leaderboard", "--format", "md", "--results", str(results), "--plots", str(tmp_path / "p2"), env=env)
+    res = mqbench_in_process("leaderboard", "--format", "md", "--results", str(results), "--plots", str(tmp_path / "p2"), env=env)
     assert res.returncode == 0
     assert "## Error accumulation" in res.stdout and f"]({tmp_path / 'p2'}/sqnr-quick_mobilenet_v2" in res.stdout
     # an altered attachment is named, and nothing is rewritten
     path = results / analysed[0]["attachments"]["layerwise"]["path"]
     path.write_bytes(path.read_bytes()[:-10] + b"        }\n")
-    res = mqbench("leaderboard", "--results", str(results), "--plots", str(tmp_path / "p3"), env=env)
+    res = mqbench_in_process("leaderboard", "--results", str(results), "--plots", str(tmp_path / "p3"), env=env)
     assert res.returncode == 2 and "does not match the sha256 in its record" in res.stderr and path.name in res.stderr

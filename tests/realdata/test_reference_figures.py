@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from mqbench.data.paths import data_dir
-from tests.helpers import cli_env, mqbench
+from tests.helpers import cli_env, mqbench, mqbench_in_process
 
 DATA = data_dir()
 pytestmark = [pytest.mark.slow,
@@ -27,12 +27,12 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 def _rows(results: Path, env: dict[str, str]) -> dict[tuple[str, str, str], dict]:
-    board = json.loads(mqbench("leaderboard", "--format", "json", "--results", str(results), env=env).stdout)
+    board = json.loads(mqbench_in_process("leaderboard", "--format", "json", "--results", str(results), env=env).stdout)
     return {(r["model"] + ":" + r["weights"], r["pipeline"], r["scheme"]): r for r in board["rows"]}
 
 
 def _errors(results: Path, env: dict[str, str]) -> dict[tuple[str, str, str], dict]:
-    board = json.loads(mqbench("leaderboard", "--format", "json", "--results", str(results), env=env).stdout)
+    board = json.loads(mqbench_in_process("leaderboard", "--format", "json", "--results", str(results), env=env).stdout)
     return {(r["model"] + ":" + r["weights"], r["pipeline"], r["scheme"]): r for r in board["error_accumulation"]}
 
 
