@@ -16,10 +16,12 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    """The installed template (README install) or, without it, its entry point registered by hand."""
+    """The installed template (README install) or, without it, its entry point registered by hand; the test run's
+    cache when it has one (CI sets MQBENCH_CACHE), so the template's tiny CNN is trained once for the run."""
+    cache = Path(os.environ.get("MQBENCH_CACHE") or tmp_path / "cache")
     try:
         metadata.distribution("mqbench-plugin-template")
-        return cli_env(tmp_path / "cache")
+        return cli_env(cache)
     except metadata.PackageNotFoundError:
         site = tmp_path / "site"
         info = site / "mqbench_plugin_template-0.1.0.dist-info"
@@ -27,7 +29,7 @@ def env(tmp_path: Path) -> dict[str, str]:
         (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mqbench-plugin-template\nVersion: 0.1.0\n")
         (info / "entry_points.txt").write_text("[mqbench]\ntemplate = mqbench_template\n")
         src = REPO / "plugins" / "template" / "src"
-        return cli_env(tmp_path / "cache", PYTHONPATH=f"{site}{os.pathsep}{src}")
+        return cli_env(cache, PYTHONPATH=f"{site}{os.pathsep}{src}")
 
 
 def test_template_in_plugins_list_and_run(env: dict[str, str], tmp_path: Path) -> None:

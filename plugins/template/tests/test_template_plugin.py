@@ -24,7 +24,10 @@ def mqbench(*args: str, cwd: Path, env: dict[str, str]) -> subprocess.CompletedP
 
 @pytest.fixture
 def project(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    env = {**os.environ, "MQBENCH_CACHE": str(tmp_path / "cache"), "MQBENCH_RESULTS": str(tmp_path / "results")}
+    # The cache of the test run when it has one (CI sets MQBENCH_CACHE): the tiny CNN is then trained once for all
+    # tests that use it (its weights are keyed by their training config), not once per test.
+    cache = os.environ.get("MQBENCH_CACHE") or str(tmp_path / "cache")
+    env = {**os.environ, "MQBENCH_CACHE": cache, "MQBENCH_RESULTS": str(tmp_path / "results")}
     env.pop("MQBENCH_DISABLE_PLUGINS", None)
     return tmp_path, env
 
