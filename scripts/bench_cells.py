@@ -12,7 +12,9 @@ and current so that a slow spell of the machine hits both:
   integer simulation and latency included (issue 25's target cell);
 * ``simulated``: the same cell on the ``simulated`` runtime;
 * ``fp32``: the float model on ``simulated`` (what the fake-quant evaluation is compared with);
-* ``quick-cold``: ``mqbench run --all`` with an empty cache (nothing decoded or trained before).
+* ``quick-cold``: ``mqbench run --all`` with an empty cache (nothing decoded or trained before);
+* ``adaround``: MobileNetV2 (tf2ptq) W4A8 per channel, ``mse`` and ``mse+adaround`` on a budget (60 steps per layer on
+  64 images; the real-data test's two cells), 512 calibration and the first 300 evaluation images, on ``simulated``.
 
 ImageNet cases share one decoded-data cache, filled before timing; ``quick-cold`` gets an empty cache each time.
 Per case: wall seconds of the command, the record's stage timings, and per evaluation (sim, integer sim, deployed)
@@ -41,6 +43,8 @@ CASES: dict[str, list[str]] = {
     "fp32": ["run", "--suite", "imagenet", "--model", "mobilenet_v2:tf2ptq", "--method", "fp32",
              "--backend", "simulated"],
     "quick-cold": ["run", "--all"],
+    "adaround": ["run", "--suite", "imagenet", "--model", "mobilenet_v2:tf2ptq", "--scheme", "w4a8-pc", "--method", "mse",
+                 "--method", "mse+adaround(iterations=60,images=64)", "--limit", "300", "--backend", "simulated"],
 }
 
 
