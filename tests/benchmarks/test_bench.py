@@ -102,3 +102,24 @@ def test_load_and_render_500_records(benchmark, tmp_path: Path) -> None:
     for i in range(500):
         store.append(_record(i))
     benchmark(lambda: leaderboard.render_markdown(store.load()))
+
+
+def test_machine_reference(benchmark) -> None:
+    """A fixed workload of torch and plain Python alone (no mqbench code, never changed): scripts/bench_compare.py
+    divides every benchmark's change by this one's, so the machine's own drift between two runs (a shared machine's
+    load, a slower spell) is not read as a regression of mqbench. A depthwise and a pointwise convolution of a
+    MobileNet block at batch 32, and JSON round trips of a record-sized dict."""
+    import json
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(32, 96, 28, 28, generator=g)
+    dw, pw = torch.randn(96, 1, 3, 3, generator=g), torch.randn(96, 96, 1, 1, generator=g)
+    record = {"config": {f"k{i}": i for i in range(50)}, "metrics": [float(i) for i in range(200)]}
+
+    def workload() -> None:
+        with torch.inference_mode():
+            torch.nn.functional.conv2d(torch.nn.functional.conv2d(x, dw, padding=1, groups=96), pw)
+        for _ in range(200):
+            json.loads(json.dumps(record))
+
+    benchmark(workload)
