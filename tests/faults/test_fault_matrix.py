@@ -363,13 +363,13 @@ def test_a_limit_above_the_split_and_reordered_calibrate_steps_are_the_stored_ce
     results = tmp_path / "r"
     cell = ["run", "--model", "fault_tiny:finite", "--scheme", "w8a8-pt", "--no-latency", "--quiet",
             "--results", str(results)]
-    assert run_cli(*cell, "--method", "minmax", env=fault_env).returncode == 0  # the whole 2000-image test split
-    res = run_cli(*cell, "--method", "minmax", "--limit", "50000", env=fault_env)
+    assert mqbench_in_process(*cell, "--method", "minmax", env=fault_env).returncode == 0  # all 2000 test images
+    res = mqbench_in_process(*cell, "--method", "minmax", "--limit", "50000", env=fault_env)
     assert res.returncode == 0 and "1 of 1 cells already stored" in res.stderr
     pipeline = "minmax(targets=weights)+percentile(targets=activations)"
-    assert run_cli(*cell, "--method", pipeline, "--limit", "64", env=fault_env).returncode == 0
-    res = run_cli(*cell, "--method", "percentile(targets=activations)+minmax(targets=weights)", "--limit", "64",
-                  env=fault_env)
+    assert mqbench_in_process(*cell, "--method", pipeline, "--limit", "64", env=fault_env).returncode == 0
+    res = mqbench_in_process(*cell, "--method", "percentile(targets=activations)+minmax(targets=weights)",
+                             "--limit", "64", env=fault_env)
     assert res.returncode == 0 and "1 of 1 cells already stored" in res.stderr
     assert len(_records(results)) == 2
 
