@@ -81,6 +81,36 @@ def export_qdq(qsim: QuantSim, example: torch.Tensor) -> Any:
     return model
 
 
+def signed_activations(model: Any) -> Any:
+    """A copy of a QDQ model (:func:`export_qdq`) with its uint8 activations held as int8 (ONNX Runtime's S8S8
+    kernels): every uint8 constant (activation zero points, a ``Pad`` value that is a zero point, a ``Min``'s bound
+    codes) becomes the int8 ``value - 128``. ``s * (q - z) = s * ((q - 128) - (z - 128))``: the same real values,
+    and zero padding and code clips shift with the codes. Weights (int8) and biases (int32) are unchanged."""
+    import onnx
+    from onnx import TensorProto, numpy_helper
+
+    signed = onnx.ModelProto()
+    signed.CopyFrom(model)
+
+    def shifted(tensor: Any) -> Any:
+        array = numpy_helper.to_array(tensor)
+        out = numpy_helper.from_array((array.astype(np.int16) - 128).astype(np.int8), tensor.name)
+        return out
+
+    graph = signed.graph
+    for i, init in enumerate(graph.initializer):
+        if init.data_type == TensorProto.UINT8:
+            graph.initializer[i].CopyFrom(shifted(init))
+    for node in graph.node:
+        for attr in node.attribute:
+            if node.op_type == "Constant" and attr.name == "value" and attr.t.data_type == TensorProto.UINT8:
+                attr.t.CopyFrom(shifted(attr.t))
+    for info in [*graph.value_info, *graph.input, *graph.output]:
+        if info.type.tensor_type.elem_type == TensorProto.UINT8:
+            info.type.tensor_type.elem_type = TensorProto.INT8
+    return signed
+
+
 class _Graph:
     """In-place rewrites of an exported QDQ graph."""
 
@@ -291,4 +321,4 @@ def _topological_sort(graph: Any) -> None:
     graph.node.extend(ordered)
 
 
-__all__ = ["COMPUTE_OPS", "INTEGER_OPS", "OPSET", "export_onnx", "export_qdq", "to_qoperator"]
+__all__ = ["COMPUTE_OPS", "INTEGER_OPS", "OPSET", "export_onnx", "export_qdq", "signed_activations", "to_qoperator"]

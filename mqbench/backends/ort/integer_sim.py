@@ -141,8 +141,12 @@ class _LayerCodes:
 class IntegerSimulation(nn.Module):
     """A calibrated QuantSim evaluated in ONNX Runtime's integer arithmetic (module docstring)."""
 
-    def __init__(self, qsim: QuantSim) -> None:
+    def __init__(self, qsim: QuantSim, signed_activations: bool = False) -> None:
+        """``signed_activations``: the runtime holds 8-bit activations as int8 codes ``q - 128`` with zero point
+        ``zp - 128`` (ONNX Runtime's S8S8 kernels, :func:`~mqbench.backends.ort.export.signed_activations`); the
+        same values, but QLinearAdd computes on the shifted codes and rounds otherwise."""
         super().__init__()
+        self.activation_offset = -128 if signed_activations else 0
         if not qsim.placement.int32_bias:
             raise ValueError("the integer simulation models ONNX Runtime (int32 biases); this QuantSim was placed "
                              "for a runtime that adds float biases")
@@ -209,6 +213,8 @@ class IntegerSimulation(nn.Module):
             raise UnsupportedOp(f"per-channel activation quantizer {quantizer.name}")
         scale, zp = quantizer.scale, int(quantizer.zero_point)
         lo, hi = quantizer.saturate_min, quantizer.saturate_max
+        if self.activation_offset and (lo, hi) == (0, 255):  # uint8 activations held as int8 codes
+            zp, lo, hi = zp + self.activation_offset, lo + self.activation_offset, hi + self.activation_offset
         if isinstance(value, Pending):
             c = value.finish(scale, zp, lo, hi)
             return Codes.of(self._clamp(c, value.clamps, scale, zp, lo, hi), scale, zp, lo, hi)

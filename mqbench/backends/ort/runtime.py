@@ -25,7 +25,15 @@ import torch
 from mqbench import hookimpl
 from mqbench.backends import FLOAT, ONNX_QDQ, QUANTSIM, Artifact, Deployed, Runtime
 from mqbench.backends.ort import mlas
-from mqbench.backends.ort.export import COMPUTE_OPS, INTEGER_OPS, OPSET, export_onnx, export_qdq, to_qoperator
+from mqbench.backends.ort.export import (
+    COMPUTE_OPS,
+    INTEGER_OPS,
+    OPSET,
+    export_onnx,
+    export_qdq,
+    signed_activations,
+    to_qoperator,
+)
 from mqbench.backends.ort.integer_sim import IntegerSimulation
 from mqbench.quant.qsim import QuantSim
 from mqbench.registry import Registry
@@ -171,6 +179,7 @@ class OrtQDQ(OnnxRuntime):
     name = "ort-qdq"
     description = "ONNX Runtime CPU int8 kernels, the QuantSim exported as QDQ ONNX with its exact qparams"
     formats = frozenset({FLOAT, QUANTSIM, ONNX_QDQ})
+    activation_type = "uint8"  # of the QuantSim's export (a toolkit's QDQ model keeps its own types)
 
     def load_quantsim(self, qsim: QuantSim) -> Deployed:
         return OnnxModel(lambda example: export_qdq(qsim, example), self.threads)
@@ -181,11 +190,31 @@ class OrtQDQ(OnnxRuntime):
         return IntegerSimulation(qsim)
 
     def info(self) -> dict[str, Any]:
-        info = {**super().info(), "format": "QDQ"}
+        info = {**super().info(), "format": "QDQ", "activation_type": self.activation_type, "weight_type": "int8"}
         if info.get("runtime"):
             why_not = mlas.supported_isa(cpu_isa())
             info["integer_simulation"] = why_not or "ONNX Runtime MLAS x86-64 AVX2 kernels (mqbench.backends.ort.mlas)"
         return info
+
+
+class OrtQDQS8S8(OrtQDQ):
+    """``ort-qdq`` with the activations held as int8 (S8S8 kernels) instead of uint8 (U8S8): the same QuantSim, the
+    same real values (:func:`~mqbench.backends.ort.export.signed_activations`), other kernels. ONNX Runtime's own
+    ``quantize_static`` defaults to S8S8 since 1.32; ``ort-qdq`` keeps U8S8, the faster on VNNI machines (README,
+    runtimes table)."""
+
+    name = "ort-qdq-s8s8"
+    description = "ONNX Runtime CPU int8 kernels, QDQ ONNX with int8 activations (S8S8) instead of uint8"
+    formats = frozenset({FLOAT, QUANTSIM})
+    activation_type = "int8"
+
+    def load_quantsim(self, qsim: QuantSim) -> Deployed:
+        return OnnxModel(lambda example: signed_activations(export_qdq(qsim, example)), self.threads)
+
+    def integer_simulation(self, qsim: Any) -> Deployed | None:
+        if mlas.supported_isa(cpu_isa()) is not None:
+            return None
+        return IntegerSimulation(qsim, signed_activations=True)
 
 
 class OrtQOperator(OrtQDQ):
@@ -212,7 +241,8 @@ def _missing_runtime() -> str | None:
 @hookimpl
 def mqbench_register_runtimes(register: Registry[Runtime]) -> None:
     register(OrtQDQ())
+    register(OrtQDQS8S8())
     register(OrtQOperator())
 
 
-__all__ = ["OnnxModel", "OnnxRuntime", "OrtQDQ", "OrtQOperator", "cpu_isa", "integer_op_summary", "make_session"]
+__all__ = ["OnnxModel", "OnnxRuntime", "OrtQDQ", "OrtQDQS8S8", "OrtQOperator", "cpu_isa", "integer_op_summary", "make_session"]
