@@ -215,7 +215,8 @@ def test_plugins_and_list_report_a_backend_whose_runtime_is_missing(tmp_path: Pa
     assert plugins.returncode == 0, plugins.stderr
     by_name = {p["name"]: p for p in json.loads(plugins.stdout)}
     missing = "onnxruntime is not installed (pip install onnxruntime)"
-    assert by_name["mqbench.backends.ort.runtime"]["unavailable_backends"] == {"ort-qdq": missing, "ort-qoperator": missing}
+    assert by_name["mqbench.backends.ort.runtime"]["unavailable_backends"] == {
+        "ort-qdq": missing, "ort-qdq-s8s8": missing, "ort-qoperator": missing}
     assert by_name["mqbench.backends.ort.toolkit"]["unavailable_toolkits"] == {"ort": missing}
     assert by_name["mqbench.backends.torch_ao.runtime"]["unavailable_backends"] == {}
     listed = mqbench("list", "backends", "--json", env=env)

@@ -20,7 +20,7 @@ from mqbench.schemes import parse_scheme
 from tests.unit.test_ort_int8 import _trained_like
 
 BATCHES = (EVAL_BATCH_SIZE, 48, 100)  # against 256, the first wave's evaluation batch
-RUNTIMES = ("simulated", "ort-qdq", "ort-qoperator", "torch-x86", "torch-fbgemm", "torch-qnnpack")
+RUNTIMES = ("simulated", "ort-qdq", "ort-qdq-s8s8", "ort-qoperator", "torch-x86", "torch-fbgemm", "torch-qnnpack")
 
 
 def _models(runtime_name: str) -> dict[str, Callable[[torch.Tensor], torch.Tensor]]:

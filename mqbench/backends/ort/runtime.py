@@ -1,4 +1,4 @@
-"""``ort-qdq`` and ``ort-qoperator``: ONNX Runtime's CPU integer kernels.
+"""``ort-qdq``, ``ort-qdq-s8s8`` and ``ort-qoperator``: ONNX Runtime's CPU integer kernels.
 
 Each runs the artifacts of the formats it lists: the float model (exported to ONNX, the fp32 row), a
 calibrated QuantSim (exported by :mod:`mqbench.backends.ort.export` with its exact qparams: QDQ form for
@@ -17,8 +17,8 @@ from __future__ import annotations
 import os
 import tempfile
 from collections import Counter
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar
 
 import torch
 
@@ -40,11 +40,15 @@ from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
 
 
-def make_session(model: Any, threads: int, optimized_path: str | None = None) -> Any:
-    """An ONNX Runtime CPU session with all graph optimizations and ``threads`` intra-op threads."""
+def make_session(model: Any, threads: int, optimized_path: str | None = None,
+                 config: Mapping[str, str] | None = None) -> Any:
+    """An ONNX Runtime CPU session with all graph optimizations, ``threads`` intra-op threads and the session
+    ``config`` entries given (``session.qdqisint8allowed`` for S8S8)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
+    for key, value in (config or {}).items():
+        options.add_session_config_entry(key, value)
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
@@ -55,20 +59,21 @@ def make_session(model: Any, threads: int, optimized_path: str | None = None) ->
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
-def session_and_summary(model: Any, threads: int) -> tuple[Any, dict[str, Any]]:
+def session_and_summary(model: Any, threads: int,
+                        config: Mapping[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
     """A session (:func:`make_session`) and :func:`op_summary` of the graph it optimised and runs."""
     import onnx
 
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "optimized.onnx")
-        session = make_session(model, threads, path)
+        session = make_session(model, threads, path, config)
         return session, op_summary(onnx.load(path))
 
 
-def integer_op_summary(model: Any, threads: int = 1) -> dict[str, Any]:
+def integer_op_summary(model: Any, threads: int = 1, config: Mapping[str, str] | None = None) -> dict[str, Any]:
     """The operator types of the graph ONNX Runtime runs after optimising ``model``, and which arithmetic
     operators were left in float (none, when every group was fused into an integer kernel)."""
-    return session_and_summary(model, threads)[1]
+    return session_and_summary(model, threads, config)[1]
 
 
 def op_summary(optimized: Any) -> dict[str, Any]:
@@ -82,8 +87,9 @@ def op_summary(optimized: Any) -> dict[str, Any]:
 class OnnxModel:
     """A deployed ONNX model: exported for each input shape on first use, then run by ONNX Runtime."""
 
-    def __init__(self, build: Callable[[torch.Tensor], Any], threads: int) -> None:
-        self.build, self.threads = build, threads
+    def __init__(self, build: Callable[[torch.Tensor], Any], threads: int,
+                 config: Mapping[str, str] | None = None) -> None:
+        self.build, self.threads, self.config = build, threads, dict(config or {})
         self.sessions: dict[tuple[int, ...], Any] = {}
         self.models: dict[tuple[int, ...], Any] = {}
         self.summaries: dict[tuple[int, ...], dict[str, Any]] = {}  # of the graphs the sessions optimised
@@ -93,7 +99,7 @@ class OnnxModel:
         if key not in self.sessions:
             if key not in self.models:
                 self.models[key] = self.build(example[:1])
-            self.sessions[key], self.summaries[key] = session_and_summary(self.models[key], self.threads)
+            self.sessions[key], self.summaries[key] = session_and_summary(self.models[key], self.threads, self.config)
         return self.sessions[key]
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
@@ -106,7 +112,7 @@ class OnnxModel:
         already has that many."""
         if threads == self.threads:
             return self
-        clone = OnnxModel(self.build, threads)
+        clone = OnnxModel(self.build, threads, self.config)
         clone.models = self.models
         return clone
 
@@ -119,7 +125,7 @@ class OnnxModel:
     def deployment_info(self) -> dict[str, Any]:
         """For each input shape exported: the operators ONNX Runtime ran after optimisation."""
         return {"x".join(map(str, key)): self.summaries[key] if key in self.summaries else
-                integer_op_summary(model, self.threads) for key, model in self.models.items()}
+                integer_op_summary(model, self.threads, self.config) for key, model in self.models.items()}
 
 
 def cpu_isa() -> list[str]:
@@ -198,23 +204,33 @@ class OrtQDQ(OnnxRuntime):
 
 
 class OrtQDQS8S8(OrtQDQ):
-    """``ort-qdq`` with the activations held as int8 (S8S8 kernels) instead of uint8 (U8S8): the same QuantSim, the
-    same real values (:func:`~mqbench.backends.ort.export.signed_activations`), other kernels. ONNX Runtime's own
-    ``quantize_static`` defaults to S8S8 since 1.32; ``ort-qdq`` keeps U8S8, the faster on VNNI machines (README,
-    runtimes table)."""
+    """``ort-qdq`` with the activations held as int8 (S8S8 kernels) instead of uint8 (U8S8): the same QuantSim and
+    real values (:func:`~mqbench.backends.ort.export.signed_activations`), ONNX Runtime's S8S8 kernels.
+
+    On x86 ONNX Runtime does not run int8 activations as they are by default: ``QDQS8ToU8Transformer``
+    (``qdq_s8_to_u8.cc``) turns an int8 Q/DQ pair into uint8 only where the Q node has one consumer, and the Conv and
+    Add selectors refuse the int8 groups left (residual branches, TF-SAME pads), which then run in float (MobileNetV2:
+    24 Conv, 10 Add and the classifier). This runtime sets ``session.qdqisint8allowed=1``, so every group runs in
+    the S8S8 kernels; records name the option. ONNX Runtime's own ``quantize_static`` defaults to S8S8 since 1.32;
+    ``ort-qdq`` keeps U8S8, measured faster on this machine (README, runtimes)."""
 
     name = "ort-qdq-s8s8"
-    description = "ONNX Runtime CPU int8 kernels, QDQ ONNX with int8 activations (S8S8) instead of uint8"
+    description = "ONNX Runtime CPU int8 kernels, QDQ ONNX with int8 activations (S8S8, session.qdqisint8allowed=1)"
     formats = frozenset({FLOAT, QUANTSIM})
     activation_type = "int8"
+    session_config: ClassVar[Mapping[str, str]] = {"session.qdqisint8allowed": "1"}
 
     def load_quantsim(self, qsim: QuantSim) -> Deployed:
-        return OnnxModel(lambda example: signed_activations(export_qdq(qsim, example)), self.threads)
+        return OnnxModel(lambda example: signed_activations(export_qdq(qsim, example)), self.threads,
+                         self.session_config)
 
     def integer_simulation(self, qsim: Any) -> Deployed | None:
         if mlas.supported_isa(cpu_isa()) is not None:
             return None
         return IntegerSimulation(qsim, signed_activations=True)
+
+    def info(self) -> dict[str, Any]:
+        return {**super().info(), "session_config": dict(self.session_config)}
 
 
 class OrtQOperator(OrtQDQ):
