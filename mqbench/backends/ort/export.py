@@ -93,9 +93,8 @@ def signed_activations(model: Any) -> Any:
     signed.CopyFrom(model)
 
     def shifted(tensor: Any) -> Any:
-        array = numpy_helper.to_array(tensor)
-        out = numpy_helper.from_array((array.astype(np.int16) - 128).astype(np.int8), tensor.name)
-        return out
+        return numpy_helper.from_array((numpy_helper.to_array(tensor).astype(np.int16) - 128).astype(np.int8),
+                                       tensor.name)
 
     graph = signed.graph
     for i, init in enumerate(graph.initializer):
