@@ -104,6 +104,12 @@ def test_qlinear_conv_requantization_matches_onnxruntime(sx: np.float32, zx: int
                                      "zy": np.array(zy, np.uint8), "b": bias})
     acc = torch.nn.functional.conv2d(torch.tensor(x).double() - zx, torch.tensor(w).double(),
                                      torch.tensor(bias).double(), padding=1, groups=groups)
+    if not depthwise and mlas.sums_pairs_in_int16(cpu_isa()):  # the U8S8 GEMM saturates pairs (no VNNI)
+        cols = torch.nn.functional.unfold(torch.tensor(x).float() - zx, 3, padding=1) + zx  # pads with zx
+        cols = cols.view(2, channels, 9, -1).transpose(1, 2).reshape(2, 9 * channels, -1)  # NHWC im2col order
+        excess = mlas.int16_pair_excess(cols, torch.tensor(w).float().permute(0, 2, 3, 1).flatten(1))
+        assert excess is not None
+        acc = acc + excess.double().view(acc.shape)
     multiplier = mlas.conv_multiplier(torch.tensor(sx), torch.tensor(sw), torch.tensor(sy)).view(1, -1, 1, 1)
     np.testing.assert_array_equal(mlas.requantize(acc, multiplier, zy, qmin=0, qmax=255).numpy(), expected)
 
@@ -149,3 +155,21 @@ def test_bias_codes_are_the_float64_quotient_of_the_float32_scale_product() -> N
 
 def test_unsupported_machines_are_named() -> None:
     assert mlas.supported_isa(["sse2"]) is not None and "AVX2" in str(mlas.supported_isa(["sse2"]))
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 2 ** 31 - 1), st.integers(1, 40))
+def test_int16_pair_excess_is_what_saturating_every_pair_takes_off(seed: int, k: int) -> None:
+    """Against the brute force: every pair of products summed and saturated (the hot-pair selection and the
+    chunking change nothing)."""
+    rng = np.random.default_rng(seed)
+    cols = torch.tensor(rng.integers(0, 256, (3, k, 5))).float()
+    w = torch.tensor(rng.choice([-128, -127, -100, -64, 0, 64, 100, 127], (7, k))).float()
+    padded_cols = torch.nn.functional.pad(cols, (0, 0, 0, k % 2))
+    padded_w = torch.nn.functional.pad(w, (0, k % 2))
+    products = padded_cols.unsqueeze(1) * padded_w.view(1, 7, -1, 1)  # (N, C, K, L)
+    pairs = products[:, :, 0::2] + products[:, :, 1::2]
+    expected = (pairs.clamp(-32768, 32767) - pairs).sum(2)
+    got = mlas.int16_pair_excess(cols, w, chunk=3)
+    assert torch.equal(torch.zeros_like(expected) if got is None else got, expected)
+    assert got is not None or not bool(expected.any())

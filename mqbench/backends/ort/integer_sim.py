@@ -9,7 +9,9 @@ activation fused into a layer clamps its output codes (ReLU and ReLU6 cost nothi
 already excludes what they clip, which is how ONNX Runtime removes them; a per-channel clip from cross-layer
 equalization becomes a per-channel ``Min`` on the codes, as :func:`mqbench.backends.ort.export.export_qdq`
 exports it). Zero padding pads with the zero point. The output is dequantized as the graph's last
-``DequantizeLinear`` does.
+``DequantizeLinear`` does. On x86 CPUs without VNNI the U8S8 kernels add pairs of products in int16 with
+saturation; ``int16_pairs`` models that (:func:`mqbench.backends.ort.mlas.int16_pair_excess`), by default where
+this machine does.
 
 Same qparams, same weights, same graph as the exported model, so its logits equal ONNX Runtime's bit for
 bit (``tests/test_integer_sim.py``), where the fake-quant simulation agrees with the runtime on 98-99% of
@@ -136,16 +138,49 @@ class _LayerCodes:
     bias_lo: torch.Tensor | None = None  # bias - bias_hi, small integers (float32)
     bias_max: float = 0.0
     bias_lo_max: float = 0.0
+    w_rows: torch.Tensor | None = None  # raw int8 weight codes as the GEMM's (C, K) rows, K in NHWC im2col order
+
+
+def _weight_rows(layer: QuantConv2d | QuantLinear) -> torch.Tensor | None:
+    """The raw weight codes as (C, K) rows in the U8S8 GEMM's K order (kernel row, column, input channel), or
+    None where no U8S8 GEMM runs the layer (uint8 weights: the U8U8 kernels widen to int16 first; depthwise)."""
+    wq = layer.weight_quantizer
+    assert wq.scale is not None and wq.zero_point is not None
+    if wq.saturate_min >= 0 or (isinstance(layer, QuantConv2d) and layer.groups != 1):
+        return None
+    codes = Q.quantize(layer.weight.detach(), wq.scale, wq.zero_point, qmin=wq.saturate_min, qmax=wq.saturate_max,
+                       axis=wq.axis).to(torch.float32)
+    return codes.permute(0, 2, 3, 1).flatten(1) if codes.dim() == 4 else codes
+
+
+def _saturation(layer: QuantConv2d | QuantLinear, xc: torch.Tensor, zero_point: int,
+                w_rows: torch.Tensor) -> torch.Tensor | None:
+    """What the int16 pair saturation takes off the layer's accumulators, (N, C, positions), or None if nothing."""
+    if isinstance(layer, QuantLinear):
+        return mlas.int16_pair_excess((xc + float(zero_point)).unsqueeze(-1), w_rows)
+    kh, kw = layer.kernel_size
+    cols = F.unfold(xc, (kh, kw), layer.dilation, layer.padding, layer.stride)  # type: ignore[arg-type]
+    n, cin, length = cols.shape[0], xc.shape[1], cols.shape[2]
+    cols = cols.view(n, cin, kh * kw, length).transpose(1, 2).reshape(n, cin * kh * kw, length) + float(zero_point)
+    return mlas.int16_pair_excess(cols, w_rows)
 
 
 class IntegerSimulation(nn.Module):
     """A calibrated QuantSim evaluated in ONNX Runtime's integer arithmetic (module docstring)."""
 
-    def __init__(self, qsim: QuantSim, signed_activations: bool = False) -> None:
+    def __init__(self, qsim: QuantSim, signed_activations: bool = False, int16_pairs: bool | None = None) -> None:
         """``signed_activations``: the runtime holds 8-bit activations as int8 codes ``q - 128`` with zero point
         ``zp - 128`` (ONNX Runtime's S8S8 kernels, :func:`~mqbench.backends.ort.export.signed_activations`); the
-        same values, but QLinearAdd computes on the shifted codes and rounds otherwise."""
+        same values, but QLinearAdd computes on the shifted codes and rounds otherwise. ``int16_pairs``: the U8S8
+        kernels saturate pairs of products in int16 (x86 without VNNI); None: as this machine's kernels do. With
+        int8 activations the pairs are of the int8 codes (a product is at most 16384 in magnitude: a pair can pass
+        32767 only as two products of -128 by -128); ONNX Runtime's S8S8 kernels agree on the tests' networks."""
         super().__init__()
+        if int16_pairs is None:
+            from mqbench.backends.ort.runtime import cpu_isa  # runtime imports this module
+
+            int16_pairs = mlas.sums_pairs_in_int16(cpu_isa())
+        self.int16_pairs = int16_pairs
         self.activation_offset = -128 if signed_activations else 0
         if not qsim.placement.int32_bias:
             raise ValueError("the integer simulation models ONNX Runtime (int32 biases); this QuantSim was placed "
@@ -248,6 +283,8 @@ class IntegerSimulation(nn.Module):
             if w.dim() == 4:
                 w = w.contiguous(memory_format=torch.channels_last)
             ops = self._layers[name] = _LayerCodes(w, w_scale, float(w.abs().flatten(1).sum(1).max()))
+            if self.int16_pairs:
+                ops.w_rows = _weight_rows(layer)
         if layer.bias is not None and (ops.x_scale is None or not torch.equal(ops.x_scale, x_scale)):
             ops.bias = mlas.bias_codes(layer.bias.detach(), x_scale, ops.w_scale)
             ops.bias_hi = ops.bias.float()
@@ -265,7 +302,8 @@ class IntegerSimulation(nn.Module):
                 raise UnsupportedOp(f"layer {name}: padding mode {layer.padding_mode}")
             if layer.tf_same:  # zero-padding centered codes pads with the zero point
                 xc = tf_same_pad(xc, layer.kernel_size, layer.stride, layer.dilation)  # type: ignore[arg-type]
-        acc = _accumulate(layer, xc, x, ops)
+        excess = None if ops.w_rows is None else _saturation(layer, xc, x.zero_point, ops.w_rows)
+        acc = _accumulate(layer, xc, x, ops, excess)
         x_scale, w_scale = x.scale, ops.w_scale
         finished: list[bool] = []
 
@@ -318,7 +356,8 @@ class IntegerSimulation(nn.Module):
         return out
 
 
-def _accumulate(layer: QuantConv2d | QuantLinear, xc: torch.Tensor, x: Codes, ops: _LayerCodes) -> torch.Tensor:
+def _accumulate(layer: QuantConv2d | QuantLinear, xc: torch.Tensor, x: Codes, ops: _LayerCodes,
+                excess: torch.Tensor | None = None) -> torch.Tensor:
     """The layer's accumulator ``sum(c * w) + bias``, rounded to float32 once as ONNX Runtime converts its int32
     (or a float64 holding it exactly). Sums of integers are exact in float32 (oneDNN's kernels, any summation
     order) while every partial sum stays below ``2**24``. ``|sum(c * w)|`` is bounded by the code range, or
@@ -326,27 +365,31 @@ def _accumulate(layer: QuantConv2d | QuantLinear, xc: torch.Tensor, x: Codes, op
     float32) and ``lo`` (the small integer rest): ``lo`` goes into the convolution, ``hi`` is added after it,
     a float32 addition whose one rounding of the exact sum is the conversion's. Where even ``sum(c * w)`` may pass
     ``2**24``, ``c = 16 * hi + lo`` is split so that both halves' sums are exact, joined in float64 (float64
-    throughout where the halves could pass it too)."""
+    throughout where the halves could pass it too). ``excess``, the int16 saturation's (integer) correction, joins
+    the integer sum before the bias's float32 part."""
 
     def apply(inputs: torch.Tensor, w: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         if isinstance(layer, QuantConv2d):
             return F.conv2d(inputs, w, bias, layer.stride, layer.padding, layer.dilation, layer.groups)
         return F.linear(inputs, w, bias)
 
+    def saturated(acc: torch.Tensor) -> torch.Tensor:
+        return acc if excess is None else acc.add_(excess.to(acc.dtype).view(acc.shape))
+
     largest = x.bound
     if largest * ops.row_sum >= EXACT_F32:
         largest = x.max_abs()
     if largest * ops.row_sum + ops.bias_max < EXACT_F32:
-        return apply(xc, ops.w, ops.bias_hi)  # no bias, or every bias code below 2**24 (hi is the bias)
+        return saturated(apply(xc, ops.w, ops.bias_hi))  # no bias, or every bias code below 2**24 (hi is the bias)
     assert ops.bias is not None and ops.bias_hi is not None
     shape = (1, -1) + (1,) * (xc.dim() - 2)
     if largest * ops.row_sum + ops.bias_lo_max < EXACT_F32:
-        return apply(xc, ops.w, ops.bias_lo).add_(ops.bias_hi.view(shape))
+        return saturated(apply(xc, ops.w, ops.bias_lo)).add_(ops.bias_hi.view(shape))
     if (largest / 16 + 1) * ops.row_sum < EXACT_F32:
         hi = torch.floor(xc / 16)  # exact: a division by a power of two, then floor
         acc = apply(hi, ops.w, None).double().mul_(16).add_(apply(xc - 16 * hi, ops.w, None))
-        return acc.add_(ops.bias.view(shape))
-    return apply(xc.double(), ops.w.double(), ops.bias)
+        return saturated(acc).add_(ops.bias.view(shape))
+    return saturated(apply(xc.double(), ops.w.double(), ops.bias))
 
 
 __all__ = ["Codes", "IntegerSimulation", "Pending", "UnsupportedOp"]

@@ -25,6 +25,15 @@ Read in onnxruntime's sources (``onnxruntime/core/mlas/lib``, x86-64, and
   saturated to the type. (An input of one element takes a broadcast path that adds without fusing; the
   residual adds of a network never do.)
 
+* **The U8S8 dot products** (``QgemmU8X8KernelAvx2.asm``, ``SymQgemmU8KernelAvx512.asm``): with VNNI
+  (``vpdpbusds``; AVX512-VNNI, AVX-VNNI, AMX) every product is summed in int32, exactly. Without it (AVX2 or
+  AVX512BW alone) ``vpmaddubsw`` multiplies the raw uint8 codes by the int8 weights and adds adjacent pairs of
+  products in int16 *with saturation*, then ``vpmaddwd`` widens to int32: a pair over 32767 is cut to 32767
+  (:func:`int16_pair_excess`). Pairs are adjacent along the GEMM's K dimension, which for a convolution is the
+  NHWC im2col order (kernel row, kernel column, input channel); depthwise convolutions run another kernel that
+  widens to int16 first and never saturates. Only two large weights of one sign side by side (``|w_a| + |w_b|``
+  over 128) with large input codes can pass 32767.
+
 Machines without AVX2 run a different QLinearAdd (``qladd.cpp``'s SSE2 path); ARM machines requantize some
 operators in fixed point. :func:`supported_isa` says whether this machine runs the kernels modelled here.
 
@@ -50,6 +59,35 @@ def supported_isa(flags: list[str]) -> str | None:
     if "avx2" not in flags:
         return "the integer simulation models ONNX Runtime's AVX2 kernels; this CPU has no AVX2"
     return None
+
+
+VNNI_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
+
+
+def sums_pairs_in_int16(flags: list[str]) -> bool:
+    """Whether ONNX Runtime's U8S8 kernels on this x86-64 CPU add pairs of products in int16 with saturation
+    (no VNNI: ``vpmaddubsw``), rather than every product in int32."""
+    return not any(flag in flags for flag in VNNI_FLAGS)
+
+
+def int16_pair_excess(cols: torch.Tensor, w: torch.Tensor, chunk: int = 64) -> torch.Tensor | None:
+    """What ``vpmaddubsw``'s saturation takes off exact int32 dot products: ``cols`` (N, K, L) raw uint8 (or
+    int8) activation codes (float32), ``w`` (C, K) int8 weight codes (float32), K in the kernel's order; products of positions
+    ``2j, 2j + 1`` are summed and saturated to ``[-32768, 32767]``. Returns ``sum_j (sat(p_j) - p_j)`` as
+    (N, C, L) float32 integers, or None where no pair of weights can saturate. Only the pairs that can
+    (``255 * (|w_a| + |w_b|) > 32767``) are computed, ``chunk`` at a time."""
+    if w.shape[1] % 2:
+        cols, w = torch.nn.functional.pad(cols, (0, 0, 0, 1)), torch.nn.functional.pad(w, (0, 1))
+    wa, wb = w[:, 0::2], w[:, 1::2]
+    out_channel, pair = torch.nonzero((wa.abs() + wb.abs()) * 255 > 32767, as_tuple=True)
+    if out_channel.numel() == 0:
+        return None
+    excess = cols.new_zeros(cols.shape[0], w.shape[0], cols.shape[2])
+    for start in range(0, out_channel.numel(), chunk):
+        k, j = out_channel[start:start + chunk], pair[start:start + chunk]
+        p = cols[:, 2 * j] * wa[k, j].view(1, -1, 1) + cols[:, 2 * j + 1] * wb[k, j].view(1, -1, 1)
+        excess.index_add_(1, k, p.clamp(-32768, 32767).sub_(p))
+    return excess
 
 
 def _f32(x: torch.Tensor | float) -> torch.Tensor:
@@ -132,5 +170,6 @@ def qlinear_add(a: torch.Tensor, a_scale: torch.Tensor, a_zero_point: int, b: to
     return torch.clamp(torch.round(v), qmin, qmax)
 
 
-__all__ = ["bias_codes", "conv_multiplier", "dequantize_linear", "global_average_pool", "pool_multiplier",
-           "qlinear_add", "quantize_linear", "requantize", "supported_isa"]
+__all__ = ["VNNI_FLAGS", "bias_codes", "conv_multiplier", "dequantize_linear", "global_average_pool",
+           "int16_pair_excess", "pool_multiplier", "qlinear_add", "quantize_linear", "requantize",
+           "sums_pairs_in_int16", "supported_isa"]

@@ -199,7 +199,8 @@ class OrtQDQ(OnnxRuntime):
         info = {**super().info(), "format": "QDQ", "activation_type": self.activation_type, "weight_type": "int8"}
         if info.get("runtime"):
             why_not = mlas.supported_isa(cpu_isa())
-            info["integer_simulation"] = why_not or "ONNX Runtime MLAS x86-64 AVX2 kernels (mqbench.backends.ort.mlas)"
+            pairs = ", U8S8 pairs of products saturated in int16 (no VNNI)" if mlas.sums_pairs_in_int16(cpu_isa()) else ""
+            info["integer_simulation"] = why_not or f"ONNX Runtime MLAS x86-64 AVX2 kernels{pairs} (mqbench.backends.ort.mlas)"
         return info
 
 
