@@ -123,6 +123,7 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             "_harness_only": bool(((r.get("plugins") or {}).get("backend") or {}).get("info", {}).get("harness_only")),
             **_latency_fields(r),
         }
+        row["note"] = _slower_than_float(row, float_ops)
         if acc:
             row.update(top1=acc["top1"]["value"], top1_lo=acc["top1"]["ci95"][0], top1_hi=acc["top1"]["ci95"][1],
                        top5=acc["top5"]["value"], top5_lo=acc["top5"]["ci95"][0], top5_hi=acc["top5"]["ci95"][1],
@@ -155,6 +156,18 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
     for row in rows:
         del row["n_config"], row["_images"], row["_outcomes"], row["_harness_only"]
     return rows
+
+
+def _slower_than_float(row: dict[str, Any], float_ops: dict[str, int]) -> str:
+    """The row's note, with a flag when the quantized model runs slower than the float model on the same runtime
+    (speedup below 1 at batch 32 on every core), and the cause where the record shows one."""
+    speedup = row["speedup_b32_tall"]
+    if speedup is None or speedup >= 1 or row["scheme"] == "fp32":
+        return str(row["note"])
+    cause = ("operators left in float" if float_ops else
+             "every arithmetic operator ran on the runtime's integer kernels: they are slower than its float ones here")
+    flag = f"SLOWER THAN FLOAT ({speedup:.2f}x): {cause}"
+    return f"{row['note']}; {flag}" if row["note"] else flag
 
 
 def _method_seconds(record: dict[str, Any]) -> float | None:
@@ -236,7 +249,9 @@ LEGEND = ("`*` after Δ: differs from fp32 at 95% (two-sided exact McNemar test 
           "top-1 is the deployed model's; `sim top-1`: the QuantSim's (fake quantization) on the same images; "
           "`agree %`: images whose simulated and deployed top-1 class match; `int-sim agree %`: the same for the "
           "simulation in the runtime's own integer arithmetic, where mqbench models it (ONNX Runtime on x86-64). "
-          "`float ops` in the status: operators the runtime ran in float instead of on integer kernels.")
+          "`float ops` in the status: operators the runtime ran in float instead of on integer kernels. "
+          "`SLOWER THAN FLOAT`: the quantized model's batch-32 throughput on every core is below the float "
+          "model's on the same runtime, with the cause where the record shows it.")
 
 LATENCY_LEGEND = ("Latency: median over at least 20 calls and 2 s after warm-up (the record has quartiles); "
                   "`b1 ms`: one image; `b32 img/s`: throughput at batch 32; `1t` one thread, `Nt` every core of "

@@ -133,6 +133,24 @@ def test_latency_table_shows_the_records_medians_throughput_speedup_and_size() -
     assert "| minmax | w8a8-pc | ort-qdq | 3.00 | 2.00 | 320 | 640 | 213 | 3.00x | 3.50 |" in md
     rows = {row["backend"]: row for row in leaderboard.rows_from_records([r, null])}
     assert rows["ort-qdq"]["best_in_scheme"] and rows["null"]["p_vs_best"] is None  # null is never ranked
+    assert rows["ort-qdq"]["note"] == ""
+
+
+def test_int8_slower_than_its_runtimes_float_is_flagged_with_the_cause() -> None:
+    r = rec("minmax", "w8a8-pc", 0.78, "2026-01-01T00:00:02")
+    r["config"]["backend"] = "ort-qdq-s8s8"
+    r["latency"] = {"cores": 2, "deployed": {"batch32_threads2": {"median_ms": 580.0, "images_per_s": 55.0}},
+                    "float": {"batch32_threads2": {"median_ms": 218.0, "images_per_s": 147.0}},
+                    "speedup": {"batch32_threads2": 0.37}}
+    (row,) = leaderboard.rows_from_records([r])
+    assert row["note"] == ("SLOWER THAN FLOAT (0.37x): every arithmetic operator ran on the runtime's integer "
+                           "kernels: they are slower than its float ones here")
+    r["deployment"] = {"3x224x224": {"float_compute_ops": {"Conv": 24}}}
+    (row,) = leaderboard.rows_from_records([r])
+    assert row["note"] == "float ops: Conv x24; SLOWER THAN FLOAT (0.37x): operators left in float"
+    assert "SLOWER THAN FLOAT (0.37x)" in leaderboard.render_markdown(LoadResult(records=[r], problems=[]))
+    r["latency"]["speedup"] = {"batch32_threads2": 1.2}
+    assert leaderboard.rows_from_records([r])[0]["note"] == "float ops: Conv x24"
 
 
 def test_error_accumulation_table_from_analysed_records_only() -> None:
