@@ -57,6 +57,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.backends.simulated",
     "mqbench.backends.ort.runtime",
     "mqbench.backends.torch_ao.runtime",
+    "mqbench.backends.openvino",
     "mqbench.backends.null",
     "mqbench.backends.ort.toolkit",
     "mqbench.backends.torch_ao.toolkit",
