@@ -58,6 +58,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.backends.ort.runtime",
     "mqbench.backends.torch_ao.runtime",
     "mqbench.backends.openvino",
+    "mqbench.backends.executorch",
     "mqbench.backends.null",
     "mqbench.backends.ort.toolkit",
     "mqbench.backends.torch_ao.toolkit",

@@ -108,6 +108,13 @@ class Runtime:
         return f"<runtime {self.name}>"
 
 
+def w8a8_problem(scheme: QuantScheme, kernels: str) -> str | None:
+    """Why ``kernels`` (``"ONNX Runtime's integer kernels"``) cannot run ``scheme``, if it is not plain w8a8."""
+    if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
+        return f"{kernels} take 8-bit weights and 8-bit activations (a w8a8 scheme)"
+    return None
+
+
 Backend = Runtime  # the first wave's name (a cell's ``backend`` is its runtime)
 
-__all__ = ["FLOAT", "ONNX_QDQ", "QUANTSIM", "Artifact", "Backend", "Deployed", "Runtime"]
+__all__ = ["FLOAT", "ONNX_QDQ", "QUANTSIM", "Artifact", "Backend", "Deployed", "Runtime", "w8a8_problem"]

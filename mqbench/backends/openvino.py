@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import torch
 
 from mqbench import hookimpl
-from mqbench.backends import FLOAT, ONNX_QDQ, QUANTSIM, Artifact, Deployed, Runtime
+from mqbench.backends import FLOAT, ONNX_QDQ, QUANTSIM, Artifact, Deployed, Runtime, w8a8_problem
 from mqbench.backends.ort.runtime import cpu_isa
 from mqbench.quant.qsim import QuantSim
 from mqbench.registry import Registry
@@ -149,8 +149,9 @@ class OpenVinoCPU(Runtime):
         return None
 
     def check_scheme(self, scheme: QuantScheme) -> str | None:
-        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
-            return "OpenVINO's CPU int8 kernels take 8-bit weights and 8-bit activations (a w8a8 scheme)"
+        problem = w8a8_problem(scheme, "OpenVINO's CPU int8 kernels")
+        if problem:
+            return problem
         if not scheme.weight_symmetric and scheme.weight_granularity == "channel":
             return "the QDQ export needs per-channel weight zero points of 0 (as for ONNX Runtime): drop -asym"
         return None

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from mqbench import hookimpl
-from mqbench.backends import FLOAT, ONNX_QDQ, QUANTSIM, Artifact, Deployed, Runtime
+from mqbench.backends import FLOAT, ONNX_QDQ, QUANTSIM, Artifact, Deployed, Runtime, w8a8_problem
 from mqbench.backends.ort import mlas
 from mqbench.backends.ort.export import (
     COMPUTE_OPS,
@@ -151,8 +151,9 @@ class OnnxRuntime(Runtime):
         return _missing_runtime()
 
     def check_scheme(self, scheme: QuantScheme) -> str | None:
-        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
-            return "ONNX Runtime's integer kernels take 8-bit weights and 8-bit activations (a w8a8 scheme)"
+        problem = w8a8_problem(scheme, "ONNX Runtime's integer kernels")
+        if problem:
+            return problem
         if not scheme.weight_symmetric and scheme.weight_granularity == "channel":
             return "ONNX Runtime's QLinearConv needs per-channel weight zero points of 0: drop -asym"
         return None
