@@ -126,14 +126,31 @@ class DequantizedWeightLayer(nn.Module):
 
 
 class XnnpackConv2d(DequantizedWeightLayer):
+    """The convolution with any ``padding="same"`` written as explicit pads (symmetric ones as the convolution's
+    own padding, an even kernel's uneven ones as a zero pad before it): quantized ``padding="same"`` convolutions
+    give wrong outputs in ExecuTorch's XNNPACK lowering (pytorch/executorch issues 20517, 20558)."""
+
     def __init__(self, layer: QuantConv2d) -> None:
         super().__init__(layer)
         self.tf_same, self.kernel_size, self.stride = layer.tf_same, layer.kernel_size, layer.stride
-        self.padding, self.dilation, self.groups = layer.padding, layer.dilation, layer.groups
+        self.dilation, self.groups = layer.dilation, layer.groups
+        self.padding: Any = layer.padding
+        self.pads: list[int] = []  # F.pad's order: last dimension first
+        if layer.padding == "valid":
+            self.padding = 0
+        elif layer.padding == "same":
+            totals = [d * (k - 1) for k, d in zip(layer.kernel_size, layer.dilation, strict=True)]
+            if all(t % 2 == 0 for t in totals):
+                self.padding = tuple(t // 2 for t in totals)
+            else:
+                self.padding, self.pads = 0, [p for t in reversed(totals) for p in (t // 2, t - t // 2)]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.tf_same:  # zero padding keeps the input's qparams (0 is on the grid): a q/dq pair after it
+        # zero padding keeps the input's qparams (0 is on the grid): a q/dq pair at them after the pad
+        if self.tf_same:
             x = self.input(tf_same_pad(x, self.kernel_size, self.stride, self.dilation))  # type: ignore[arg-type]
+        elif self.pads:
+            x = self.input(F.pad(x, self.pads))
         return F.conv2d(x, self.weight(), self.bias, self.stride, self.padding, self.dilation,
                         self.groups)
 

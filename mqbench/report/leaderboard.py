@@ -30,7 +30,8 @@ from mqbench.report import layerwise
 from mqbench.report.escape import md_cell, md_link, md_paragraph, term
 from mqbench.store import LoadResult, newest_per_config
 
-FIELDS = ("suite", "dataset", "model", "weights", "environment", "pipeline", "backend", "scheme", "seed", "status",
+FIELDS = ("suite", "dataset", "model", "weights", "environment", "runtime_version", "pipeline", "backend", "scheme", "seed",
+          "status",
           "evaluated",
           "top1", "top1_lo", "top1_hi", "top5", "top5_lo", "top5_hi", "n", "delta_top1", "p_vs_fp32", "p_vs_best",
           "best_in_scheme", "sim_top1", "agreement", "logit_sqnr_db", "int_sim_top1", "agreement_int_sim", "method_s",
@@ -51,17 +52,46 @@ def _accuracy(record: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None
 
 
 def environment(record: dict[str, Any]) -> str:
-    """What a record's figures depend on beyond its config: the machine (CPU, ISA flags, threads) and the library
-    versions (torch, and each package a registered runtime or toolkit declares, so results of two versions of a
-    runtime never share a table). Rows of different environments are never compared with each other (no delta, no
-    significance)."""
+    """What a record's figures depend on beyond its config and its runtime: the machine (CPU, ISA flags, threads) and
+    the libraries every cell uses (torch; onnxruntime, the first wave's runtime and its export path). Rows of
+    different environments are never compared with each other (no delta, no significance). The runtime's own
+    version is :func:`runtime_version`: rows of two versions of one runtime are split apart (``rows_from_records``)."""
     prov = record.get("provenance") or {}
     cpu = prov.get("cpu") or {}
     isa = ",".join(cpu.get("isa") or []) or "?"
-    packages = prov.get("packages") or {"onnxruntime": prov.get("onnxruntime")}  # the first wave knew only this one
-    runtimes = ", ".join(f"{name} {version or '?'}" for name, version in sorted(packages.items()))
+    onnxruntime = prov.get("onnxruntime") or (prov.get("packages") or {}).get("onnxruntime")
     return (f"{cpu.get('model', '?')} {cpu.get('machine', '')} [{isa}], {prov.get('threads', '?')} threads; "
-            f"torch {prov.get('torch', '?')}, {runtimes}, mqbench {prov.get('mqbench', '?')}").replace("  ", " ")
+            f"torch {prov.get('torch', '?')}, onnxruntime {onnxruntime or '?'}, "
+            f"mqbench {prov.get('mqbench', '?')}").replace("  ", " ")
+
+
+def runtime_version(record: dict[str, Any]) -> str | None:
+    """The record's runtime package and version when it is not one :func:`environment` already names
+    (``executorch 1.5.1``, ``openvino 2026.4.1``), from the runtime's own report and the installed versions."""
+    info = (((record.get("plugins") or {}).get("backend") or {}).get("info") or {})
+    name = str(info.get("runtime") or "").split(" ")[0]
+    if not name or name in ("onnxruntime", "torch"):
+        return None
+    version = ((record.get("provenance") or {}).get("packages") or {}).get(name)
+    return f"{name} {version or str(info['runtime']).split(' ', 1)[-1]}"
+
+
+def _split_runtime_versions(rows: list[dict[str, Any]]) -> None:
+    """Rows of one table whose runtime shows up in two versions get that version in their environment."""
+    versions: dict[tuple[Any, ...], dict[str, set[str]]] = {}
+    for row in rows:
+        if row["runtime_version"]:
+            name = row["runtime_version"].split(" ")[0]
+            versions.setdefault(_table_key(row), {}).setdefault(name, set()).add(row["runtime_version"])
+    for row in rows:
+        if row["runtime_version"]:
+            name = row["runtime_version"].split(" ")[0]
+            if len(versions[_table_key(row)][name]) > 1:
+                row["environment"] += f", {row['runtime_version']}"
+
+
+def _table_key(row: dict[str, Any]) -> tuple[Any, ...]:
+    return (row["dataset"], row["model"], row["weights"], row["environment"])
 
 
 def _group_key(row: dict[str, Any]) -> tuple[Any, ...]:
@@ -105,7 +135,8 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             note = f"{note}; {ran_float}" if note else ran_float
         row: dict[str, Any] = {
             "suite": r.get("suite"), "dataset": c.get("dataset"), "model": c.get("model"),
-            "weights": c.get("weights"), "environment": environment(r), "pipeline": c.get("pipeline"),
+            "weights": c.get("weights"), "environment": environment(r), "runtime_version": runtime_version(r),
+            "pipeline": c.get("pipeline"),
             "backend": c.get("backend"),
             "scheme": c.get("scheme"), "seed": c.get("seed"), "status": r["status"], "evaluated": which,
             "top1": None, "top1_lo": None, "top1_hi": None, "top5": None, "top5_lo": None, "top5_hi": None,
@@ -131,6 +162,7 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
             if acc.get("top1_outcomes"):
                 row["_outcomes"] = unpack_bits(acc["top1_outcomes"], acc["n"])
         rows.append(row)
+    _split_runtime_versions(rows)
     refs = {_group_key(r): r for r in rows
             if r["pipeline"] == "fp32" and r["status"] == "ok" and r["top1"] is not None}
     best: dict[tuple[Any, ...], dict[str, Any]] = {}

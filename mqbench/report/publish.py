@@ -117,6 +117,9 @@ def _provenance(records: Sequence[dict[str, Any]], environment: str) -> str:
     if calib:
         text += f", calibrated on {_describe(calib)} images"
     text += f". Measured on: {environment}."
+    runtimes = sorted({v for v in map(leaderboard.runtime_version, records) if v})
+    if runtimes:
+        text += f" Runtimes: {', '.join(runtimes)}."
     commit_list = sorted({str(c)[:10] for c in commits if c})
     if commit_list:
         text += " Code: commit " + ", ".join(f"`{c}`" for c in commit_list) + "."

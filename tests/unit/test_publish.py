@@ -87,6 +87,38 @@ def test_environments_are_never_mixed_in_one_table(tmp_path: Path) -> None:
     assert {r["environment"].split("torch ")[1][:6] for r in rows} == {"2.13.0", "2.14.0"}
 
 
+def _on_runtime(record: dict, backend: str, runtime: str, installed: dict[str, str]) -> dict:
+    record["config"]["backend"] = backend
+    record["config_hash"] += f"-{backend}-{runtime}"
+    record["plugins"] = {"backend": {"name": backend, "info": {"runtime": runtime}}}
+    record["provenance"]["packages"] = installed
+    return record
+
+
+def test_runtimes_share_a_table_and_two_versions_of_one_runtime_do_not(tmp_path: Path) -> None:
+    """Installing a runtime changes no other runtime's figures: records made before and after share a table; rows
+    of one runtime in two versions split off into a table per version, and each table names its runtime versions."""
+    before = rec("minmax", "w8a8-pc", 0.78, "2026-01-01T00:00:04.000001+00:00")  # nothing extra installed
+    after = _on_runtime(rec("minmax", "w8a8-pc", 0.77, "2026-01-01T00:00:05.000001+00:00"), "openvino",
+                        "openvino 2026.4.1-build", {"openvino": "2026.4.1", "executorch": "1.5.1"})
+    xnn = _on_runtime(rec("minmax", "w8a8-pc", 0.76, "2026-01-01T00:00:06.000001+00:00"), "executorch-xnnpack",
+                      "executorch 1.5.1", {"openvino": "2026.4.1", "executorch": "1.5.1"})
+    store = _store(tmp_path / "one", [*RECORDS, before, after, xnn])
+    publish.publish(store.load(), store.root)
+    md = (store.root / "LEADERBOARD.md").read_text()
+    assert "environment 1 of" not in md
+    assert "Runtimes: executorch 1.5.1, openvino 2026.4.1." in md
+    newer = _on_runtime(rec("minmax", "w8a8-pc", 0.75, "2026-01-01T00:00:07.000001+00:00"), "executorch-xnnpack",
+                        "executorch 1.6.0", {"executorch": "1.6.0"})
+    newer["config_hash"] += "-newer"
+    store = _store(tmp_path / "two", [*RECORDS, xnn, newer])
+    publish.publish(store.load(), store.root)
+    md = (store.root / "LEADERBOARD.md").read_text()
+    # the two versions' rows split off (one table each), the other runtimes' rows stay together
+    assert "environment 3 of 3" in md and md.count("| minmax | w8a8-pc | executorch-xnnpack |") == 2
+    assert md.count("mqbench 0.1.0, executorch 1.5.1.") == 1 and md.count("mqbench 0.1.0, executorch 1.6.0.") == 1
+
+
 def test_unreadable_records_are_listed_by_name_and_left_out(tmp_path: Path) -> None:
     store = _store(tmp_path, RECORDS)
     newer_schema = {**rec("minmax", "w4a8-pc", 0.5, "2026-01-01T00:00:05.000001+00:00"),
