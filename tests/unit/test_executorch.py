@@ -11,11 +11,9 @@ import torch
 from torch import nn
 
 from mqbench.backends.executorch import ExecuTorchXnnpack, pt2e_module
-from mqbench.data.synthetic import generate
 from mqbench.layers import ChannelClippedReLU, Conv2dSame
 from mqbench.metrics.accuracy import agreement
 from mqbench.models.builtin import quick_mobilenet_v2
-from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import QuantSim
 from mqbench.schemes import parse_scheme
 from tests.unit.test_ort_int8 import _calibrated, _trained_like
@@ -46,12 +44,7 @@ class Padded(nn.Module):
 
 def _padded_qsim(scheme: str) -> tuple[QuantSim, torch.Tensor]:
     torch.manual_seed(0)
-    model = Padded().eval()
-    calib, test = generate(0, "calib", 32), generate(1, "calib", 16)
-    qsim = QuantSim.from_float(model, parse_scheme(scheme))
-    calibrate_weights(qsim, minmax_observer)
-    calibrate_activations(qsim, calib, minmax_observer)
-    return qsim.eval(), test.normalize(test.images)
+    return _calibrated(Padded().eval(), scheme)
 
 
 @pytest.mark.parametrize("scheme", ["w8a8-pc", "w8a8-pt"])
