@@ -44,7 +44,7 @@ from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime, w8a8_
 from mqbench.backends.ort.runtime import cpu_isa
 from mqbench.layers import ChannelClippedReLU, tf_same_pad
 from mqbench.quant import functional as Q
-from mqbench.quant.qsim import QuantConv2d, Quantizer, QuantLinear, QuantSim
+from mqbench.quant.qsim import QuantConv2d, Quantizer, QuantLinear, QuantSim, quantized_bias
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
 
@@ -110,12 +110,10 @@ class DequantizedWeightLayer(nn.Module):
         self.axis = q.axis
         self.tensor_scale = float(q.scale) if q.axis is None else 0.0  # a constant of the graph, not a buffer
         self.input = QuantizeDequantize.of(input_quantizer)
-        bias = None
-        if layer.bias is not None:
-            scale = (input_quantizer.scale * q.scale).float().expand(layer.bias.shape[0])
-            bias_codes = torch.clamp(torch.round(layer.bias.detach() / scale), -(2 ** 31), 2 ** 31 - 1)
-            bias = (bias_codes * scale).float()  # XNNPACK's lowering: round(bias / scale) = bias_codes
-        self.register_buffer("bias", bias)
+        # The QuantSim's own bias on its int32 grid (codes x input scale x weight scale), which XNNPACK's lowering
+        # rounds back to exactly those codes
+        bias = quantized_bias(layer.bias, q, layer.input_quantizer)
+        self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
 
     def weight(self) -> torch.Tensor:
         qd = _decomposed()
