@@ -4,7 +4,7 @@
 
 For each model the QuantSim (128 calibration images) runs on ``executorch-xnnpack`` and is compared, top-1 and
 logit SQNR, with: the fake-quant simulation (what a cell's ``agree %`` compares with), the PT2E reference graph
-(:func:`~mqbench.backends.executorch.pt2e_module` run by PyTorch: ``quantized_decomposed`` semantics, which
+(:func:`~mqbench.backends.pt2e.pt2e_module` run by PyTorch: ``quantized_decomposed`` semantics, which
 quantize as ``round(x * (1 / s))`` in float32) and ONNX Runtime's integer simulation (its arithmetic code for
 code). Then the same with the images snapped to the input quantizer's grid, so no input sits on a rounding tie.
 Printed too: how many input codes ``round(x / s)`` and ``round(x * (1 / s))`` give differently. Needs the real
@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import torch
 
-from mqbench.backends.executorch import ExecuTorchXnnpack, pt2e_module
+from mqbench.backends.executorch import ExecuTorchXnnpack
 from mqbench.backends.ort.integer_sim import IntegerSimulation
 from mqbench.backends.ort.runtime import cpu_isa
+from mqbench.backends.pt2e import pt2e_module
 from mqbench.harness import Workspace
 from mqbench.metrics.accuracy import agreement
 from mqbench.plugins import get_plugins

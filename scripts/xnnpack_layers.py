@@ -2,7 +2,7 @@
 
     python scripts/xnnpack_layers.py [model weights]     # default mobilenet_v1 qat-1.0-224, minmax w8a8-pc
 
-The PT2E graph of the calibrated QuantSim (:func:`~mqbench.backends.executorch.pt2e_module`) is cut after an
+The PT2E graph of the calibrated QuantSim (:func:`~mqbench.backends.pt2e.pt2e_module`) is cut after an
 activation quantizer, lowered to XNNPACK and run on 16 val-1300 images; its output codes are compared with the
 fake-quant simulation's and the PT2E reference graph's (run by PyTorch) at the same quantizer, from the input to
 the logits. Then the first convolution is computed from its integer codes: int32 accumulator, bias codes, and
@@ -19,7 +19,8 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
-from mqbench.backends.executorch import ExecuTorchModel, ExecuTorchXnnpack, XnnpackConv2d, pt2e_module
+from mqbench.backends.executorch import ExecuTorchModel, ExecuTorchXnnpack
+from mqbench.backends.pt2e import Pt2eConv2d, pt2e_module
 from mqbench.harness import Workspace
 from mqbench.layers import tf_same_pad
 from mqbench.plugins import get_plugins
@@ -40,7 +41,7 @@ def cut(gm: fx.GraphModule, name: str) -> fx.GraphModule:
 
 def first_conv(reference: fx.GraphModule, x: torch.Tensor, et_codes: torch.Tensor, out_scale: torch.Tensor,
                out_zero_point: int) -> None:
-    conv = next(m for m in reference.modules() if isinstance(m, XnnpackConv2d))
+    conv = next(m for m in reference.modules() if isinstance(m, Pt2eConv2d))
     si, sw, so = torch.tensor(conv.input.scale), conv.weight_scale.float(), out_scale.float()
     xq = torch.clamp(torch.round(x * (1.0 / si)) + conv.input.zero_point, -128, 127) - conv.input.zero_point
     if conv.tf_same:

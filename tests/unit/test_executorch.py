@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from mqbench.backends.executorch import ExecuTorchXnnpack, pt2e_module
+from mqbench.backends.executorch import ExecuTorchXnnpack
+from mqbench.backends.pt2e import pt2e_module
 from mqbench.layers import ChannelClippedReLU, Conv2dSame
 from mqbench.metrics.accuracy import agreement
 from mqbench.models.builtin import quick_mobilenet_v2
