@@ -59,6 +59,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.backends.torch_ao.runtime",
     "mqbench.backends.openvino",
     "mqbench.backends.executorch",
+    "mqbench.backends.torchao_x86",
     "mqbench.backends.null",
     "mqbench.backends.ort.toolkit",
     "mqbench.backends.torch_ao.toolkit",

@@ -8,49 +8,21 @@ import sys
 
 import pytest
 import torch
-from torch import nn
 
 from mqbench.backends.executorch import ExecuTorchXnnpack
 from mqbench.backends.pt2e import pt2e_module
-from mqbench.layers import ChannelClippedReLU, Conv2dSame
 from mqbench.metrics.accuracy import agreement
 from mqbench.models.builtin import quick_mobilenet_v2
-from mqbench.quant.qsim import QuantSim
 from mqbench.schemes import parse_scheme
+from tests.unit.pt2e_graphs import padded_qsim
 from tests.unit.test_ort_int8 import _calibrated, _trained_like
 
 pytest.importorskip("executorch.runtime")
 
 
-class Padded(nn.Module):
-    """The convolutions XNNPACK has been wrong on: TF "SAME" (explicit, uneven pads), ``padding="same"`` with an odd
-    and an even kernel; a residual add, a per-channel clipped ReLU (as after CLE), the pool and the classifier."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.stem = Conv2dSame(3, 8, 3, stride=2)
-        self.same_odd = nn.Conv2d(8, 8, 3, padding="same", groups=8)
-        self.same_even = nn.Conv2d(8, 8, 2, padding="same")
-        self.clip = ChannelClippedReLU(8)
-        self.clip.upper.copy_(torch.linspace(0.5, 3.0, 8))
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(8, 10)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = torch.relu(self.stem(x))
-        x = x + self.clip(self.same_odd(x))
-        x = torch.relu(self.same_even(x))
-        return self.fc(torch.flatten(self.pool(x), 1))
-
-
-def _padded_qsim(scheme: str) -> tuple[QuantSim, torch.Tensor]:
-    torch.manual_seed(0)
-    return _calibrated(Padded().eval(), scheme)
-
-
 @pytest.mark.parametrize("scheme", ["w8a8-pc", "w8a8-pt"])
 def test_the_pt2e_graph_computes_the_quantsim(scheme: str) -> None:
-    qsim, x = _padded_qsim(scheme)
+    qsim, x = padded_qsim(scheme)
     with torch.no_grad():
         expected, got = qsim(x), pt2e_module(qsim)(x)
     # The same codes everywhere but where x / s and x * (1 / s) could round apart (quantized_decomposed multiplies
@@ -62,7 +34,7 @@ def test_the_pt2e_graph_computes_the_quantsim(scheme: str) -> None:
 
 @pytest.mark.parametrize("scheme", ["w8a8-pc", "w8a8-pt"])
 def test_xnnpack_takes_the_whole_padded_graph_and_agrees_with_the_simulation(scheme: str) -> None:
-    qsim, x = _padded_qsim(scheme)
+    qsim, x = padded_qsim(scheme)
     deployed = ExecuTorchXnnpack(threads=1).deploy(qsim)
     out = deployed(x)
     (info,) = deployed.deployment_info().values()  # type: ignore[attr-defined]
@@ -105,7 +77,7 @@ def test_float_model_matches_pytorch() -> None:
 def test_resizing_the_threadpool_reloads_the_methods_it_would_leave_dangling() -> None:
     """ExecuTorch's threadpool resize frees the pool every loaded XNNPACK method holds: running one loaded before a
     resize crashed the process (a latency measurement at 1 then 2 threads did)."""
-    qsim, x = _padded_qsim("w8a8-pc")
+    qsim, x = padded_qsim("w8a8-pc")
     deployed = ExecuTorchXnnpack(threads=2).deploy(qsim)
     first = deployed(x)
     one_thread = deployed.with_threads(1)  # type: ignore[attr-defined]

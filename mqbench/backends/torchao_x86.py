@@ -1,0 +1,190 @@
+"""``torchao-x86``: torchao's PT2E path on x86, ``torch.compile`` (Inductor) lowering the quantized graph to oneDNN's
+int8 kernels: the successor of the ``torch-x86`` / ``torch-fbgemm`` engines, which ``torch.ao.quantization``'s
+deprecation retires.
+
+The calibrated QuantSim is written as the graph ``convert_pt2e`` leaves with the X86 Inductor quantizer's
+conventions (:func:`mqbench.backends.pt2e.pt2e_module` with ``X86_INDUCTOR``), from its own qparams and codes,
+nothing recalibrated: uint8 asymmetric activations, int8 symmetric weights per channel (the quantizer annotates no
+per-tensor weights: a per-tensor scale is written once per channel, the same arithmetic), the bias as the QuantSim's
+int32 codes times ``input_scale * weight_scale`` in float (oneDNN adds a float bias to the scaled accumulator).
+
+The graph is exported (``torch.export``, one static input shape) and compiled with ``torch.compile(dynamic=False)``
+under Inductor's ``freezing`` (weights become constants, so its quantization passes can prepack them); torchao's
+X86 Inductor quantizer module is imported first, which registers those int8 fusion passes (without the import
+every convolution runs dequantized in float: pytorch/ao issue 4823). One compiled graph per input shape and
+thread count (Dynamo guards on the thread count, and a recompile would run without freezing): a cell compiles its
+evaluation's batch and last, smaller batch, and each latency setting's (batch, threads); never padded, so no timing
+runs a larger batch than it reports.
+
+The record's ``deployment`` says, from the code Inductor generated: the oneDNN int8 operators called
+(``onednn.qconv_pointwise``, ``onednn.qlinear_pointwise``), any float convolution or matrix product left outside
+them (``float_compute_ops``: the leaderboard's ``float ops:``, a fusion that did not match), Inductor's own C++
+kernels by what they fuse (residual adds and the pool run there as ``dequantize -> float op -> quantize``), and
+each shape's compile seconds, separate from the latency figures. Threads are torch's (``torch.set_num_threads``,
+which sizes OpenMP's pool for the generated kernels and oneDNN alike).
+
+No integer simulation of oneDNN: the fake-quant simulation's agreement is reported.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import re
+import shutil
+import time
+from collections import Counter
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+from mqbench import hookimpl
+from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime, w8a8_problem
+from mqbench.backends.ort.runtime import cpu_isa
+from mqbench.backends.pt2e import X86_INDUCTOR, duplicate_dequantize, pt2e_module, quiet
+from mqbench.registry import Registry
+from mqbench.schemes import QuantScheme
+
+INT8_OPS = frozenset({"qconv_pointwise", "qconv2d_pointwise", "qconv_pointwise.binary", "qconv2d_pointwise.binary",
+                      "qlinear_pointwise", "qlinear_pointwise.binary"})
+# Float convolutions and matrix products Inductor can call: in a quantized graph, a fusion that did not match.
+FLOAT_OPS = frozenset({"_convolution_pointwise", "convolution", "mm", "addmm", "bmm", "_linear_pointwise",
+                       "_mkl_linear", "_convolution_transpose_pointwise"})
+_EXTERN_CALL = re.compile(r"\b(?:torch\.ops\.\w+|extern_kernels)\.(\w+)(?:\.(default|tensor|binary|\w+))?\(")
+_CPP_CALL = re.compile(r"^\s*cpp_fused_(\w+?)_\d+\(", re.MULTILINE)
+
+
+def kernels_called(code: str) -> dict[str, Any]:
+    """What the Inductor-generated ``code`` (its Python wrapper) runs: oneDNN int8 operators, float convolutions or
+    matrix products, and Inductor's C++ kernels by what they fuse (``add_dequantize_per_tensor_quantize_per_tensor``).
+    """
+    body = code[code.index("def call("):] if "def call(" in code else code
+    int8: Counter[str] = Counter()
+    float_ops: Counter[str] = Counter()
+    for op, overload in _EXTERN_CALL.findall(body):
+        qualified = f"{op}.binary" if overload == "binary" else op
+        if qualified in INT8_OPS:
+            int8[qualified] += 1
+        elif op in FLOAT_OPS:
+            float_ops[op] += 1
+    cpp = Counter(_CPP_CALL.findall(body))
+    return {"int8_ops": dict(sorted(int8.items())), "float_compute_ops": dict(sorted(float_ops.items())),
+            "inductor_cpp_kernels": dict(sorted(cpp.items()))}
+
+
+def compile_for_shape(module: nn.Module, example: torch.Tensor) -> tuple[Any, str, float]:
+    """``module`` exported for inputs shaped as ``example`` and compiled by Inductor with freezing; the compiled
+    callable, the generated code and the seconds the compile took (export included)."""
+    from torch._inductor import config as inductor_config
+    from torch._inductor.utils import run_and_get_code
+
+    start = time.perf_counter()
+    with quiet():
+        import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401  registers the int8 fusions
+
+        exported = torch.export.export(module, (example,))
+        duplicate_dequantize(exported.graph_module)
+        compiled = torch.compile(exported.module(), dynamic=False)
+        # fx_graph_cache off: a cached graph would hand back no generated code to read the kernels from
+        with inductor_config.patch(freezing=True, fx_graph_cache=False), torch.no_grad():
+            _, codes = run_and_get_code(compiled, example)
+    return compiled, "\n".join(codes), time.perf_counter() - start
+
+
+def _shape_key(shape: tuple[int, ...]) -> str:
+    return "x".join(map(str, shape))
+
+
+class InductorModel:
+    """A deployed model: one compiled graph per input shape and thread count (module docstring), compiled on its first
+    call; what each runs and what it cost to compile."""
+
+    def __init__(self, module: nn.Module, quantized: bool) -> None:
+        self.module, self.quantized = module, quantized
+        self.compiled: dict[tuple[int, tuple[int, ...]], Any] = {}  # per (threads, input shape)
+        self.compile_s: dict[tuple[int, tuple[int, ...]], float] = {}
+        self.info: dict[tuple[int, ...], dict[str, Any]] = {}  # per sample shape
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        inputs = inputs.detach().float().contiguous()
+        key = (torch.get_num_threads(), tuple(inputs.shape))
+        if key not in self.compiled:
+            compiled, code, seconds = compile_for_shape(self.module, torch.zeros(key[1]))
+            self.compiled[key], self.compile_s[key] = compiled, seconds
+            kernels = kernels_called(code)
+            if not self.quantized:  # the float row runs float convolutions by design
+                kernels["float_convolutions"] = kernels.pop("float_compute_ops")
+            self.info.setdefault(key[1][1:], kernels)
+        with torch.no_grad():
+            return self.compiled[key](inputs).clone()
+
+    def size_bytes(self) -> int:
+        """The serialised state dict of the graph Inductor compiles (int8 weight codes, scales, float biases)."""
+        buffer = io.BytesIO()
+        torch.save(self.module.state_dict(), buffer)
+        return buffer.getbuffer().nbytes
+
+    def deployment_info(self) -> dict[str, Any]:
+        """Per sample shape: the kernels the compiled graph calls and each compile's seconds (batch, threads)."""
+        out: dict[str, Any] = {}
+        for sample, kernels in self.info.items():
+            seconds = {f"batch{s[0]}_threads{t}": round(v, 3) for (t, s), v in sorted(self.compile_s.items())
+                       if s[1:] == sample}
+            out[_shape_key(sample)] = {**kernels, "compile_s": seconds}
+        return out
+
+
+class TorchaoX86(Runtime):
+    name = "torchao-x86"
+    description = ("torchao PT2E + torch.compile (Inductor) on x86: oneDNN int8 kernels, uint8 activations, "
+                   "symmetric int8 weights per channel")
+    formats = frozenset({FLOAT, QUANTSIM})
+    packages: ClassVar[tuple[str, ...]] = ("torchao",)
+
+    def unavailable(self) -> str | None:
+        if importlib.util.find_spec("torchao") is None:  # not imported here: its import prints notices
+            return "torchao is not installed (pip install 'mqbench[torchao]')"
+        if not any(shutil.which(c) for c in ("g++", "c++", "clang++")):
+            return "torch.compile's C++ backend needs a C++ compiler (g++): apt-get install g++"
+        return None
+
+    def check_scheme(self, scheme: QuantScheme) -> str | None:
+        problem = w8a8_problem(scheme, "oneDNN's int8 kernels")
+        if problem:
+            return problem
+        if not scheme.weight_symmetric:
+            return "the X86 Inductor quantizer's weights are symmetric int8 (zero point 0): drop -asym"
+        if scheme.act_symmetric:
+            return "the X86 Inductor quantizer's activations are asymmetric uint8: drop -sym"
+        if scheme.reduce_range:
+            return "torchao-x86 runs full 8-bit activations (reduce_range is for CPUs without VNNI): drop -rr"
+        return None
+
+    def load(self, artifact: Artifact) -> Deployed:
+        if artifact.format == FLOAT:
+            return InductorModel(artifact.payload.eval(), quantized=False)
+        if artifact.format == QUANTSIM:
+            return InductorModel(pt2e_module(artifact.payload, X86_INDUCTOR), quantized=True)
+        raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
+
+    def info(self) -> dict[str, Any]:
+        missing = self.unavailable()
+        if missing:
+            return {"runtime": None, "unavailable": missing}
+        from importlib.metadata import version
+
+        return {"runtime": f"torchao {version('torchao')}, torch {torch.__version__} Inductor",
+                "quantizer_conventions": "X86InductorQuantizer (uint8 asymmetric activations, int8 symmetric "
+                                         "per-channel weights, float bias)",
+                "compile": "torch.export, torch.compile(dynamic=False) with freezing; one graph per input shape",
+                "isa": cpu_isa(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+                "integer_simulation": "none: oneDNN's arithmetic is not modelled"}
+
+
+@hookimpl
+def mqbench_register_runtimes(register: Registry[Runtime]) -> None:
+    register(TorchaoX86())
+
+
+__all__ = ["InductorModel", "TorchaoX86", "compile_for_shape", "kernels_called"]
