@@ -12,7 +12,8 @@ The graph is exported (``torch.export``, one static input shape) and compiled wi
 under Inductor's ``freezing`` (weights become constants, so its quantization passes can prepack them); torchao's
 X86 Inductor quantizer module is imported first, which registers those int8 fusion passes (without the import
 every convolution runs dequantized in float: pytorch/ao issue 4823). One compiled graph per input shape and
-thread count (Dynamo guards on the thread count, and a recompile would run without freezing): a cell compiles its
+thread count, compiled and always called under ``torch.inference_mode`` (Dynamo guards on the thread count and the
+grad mode, and a recompile would run without freezing, dequantized in float): a cell compiles its
 evaluation's batch and last, smaller batch, and each latency setting's (batch, threads); never padded, so no timing
 runs a larger batch than it reports.
 
@@ -75,10 +76,15 @@ def kernels_called(code: str) -> dict[str, Any]:
 
 def compile_for_shape(module: nn.Module, example: torch.Tensor) -> tuple[Any, str, float]:
     """``module`` exported for inputs shaped as ``example`` and compiled by Inductor with freezing; the compiled
-    callable, the generated code and the seconds the compile took (export included)."""
-    from torch._inductor import config as inductor_config
-    from torch._inductor.utils import run_and_get_code
+    callable, the generated code and the seconds the compile took (export included). The code is caught as Inductor
+    saves it (not with ``torch._inductor.utils.run_and_get_code``, which resets Dynamo and so throws away every graph
+    compiled before: they would recompile on their next call, without freezing, in float)."""
+    from unittest import mock
 
+    from torch._inductor import config as inductor_config
+    from torch._inductor.graph import GraphLowering
+
+    codes: list[str] = []
     start = time.perf_counter()
     with quiet():
         import torchao.quantization.pt2e.quantizer.x86_inductor_quantizer  # noqa: F401  registers the int8 fusions
@@ -87,8 +93,9 @@ def compile_for_shape(module: nn.Module, example: torch.Tensor) -> tuple[Any, st
         duplicate_dequantize(exported.graph_module)
         compiled = torch.compile(exported.module(), dynamic=False)
         # fx_graph_cache off: a cached graph would hand back no generated code to read the kernels from
-        with inductor_config.patch(freezing=True, fx_graph_cache=False), torch.no_grad():
-            _, codes = run_and_get_code(compiled, example)
+        with inductor_config.patch(freezing=True, fx_graph_cache=False), torch.inference_mode(), \
+                mock.patch.object(GraphLowering, "save_output_code", codes.append):
+            compiled(example)
     return compiled, "\n".join(codes), time.perf_counter() - start
 
 
@@ -107,17 +114,27 @@ class InductorModel:
         self.info: dict[tuple[int, ...], dict[str, Any]] = {}  # per sample shape
 
     def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
-        inputs = inputs.detach().float().contiguous()
-        key = (torch.get_num_threads(), tuple(inputs.shape))
-        if key not in self.compiled:
-            compiled, code, seconds = compile_for_shape(self.module, torch.zeros(key[1]))
-            self.compiled[key], self.compile_s[key] = compiled, seconds
-            kernels = kernels_called(code)
-            if not self.quantized:  # the float row runs float convolutions by design
-                kernels["float_convolutions"] = kernels.pop("float_compute_ops")
-            self.info.setdefault(key[1][1:], kernels)
-        with torch.no_grad():
-            return self.compiled[key](inputs).clone()
+        # Always under inference mode on inference tensors, as compiled: Dynamo guards on the grad mode and on the
+        # input's dispatch keys too, and a recompile would run without freezing, dequantized in float (measured: an
+        # evaluation under no_grad then timing under inference_mode recompiled every graph, 2x slower)
+        with torch.inference_mode():
+            if not inputs.is_inference():
+                inputs = inputs.clone()  # the copy a caller's ordinary tensor costs (0.6 MB at batch 1)
+            inputs = inputs.float().contiguous()
+            key = (torch.get_num_threads(), tuple(inputs.shape))
+            if key not in self.compiled:
+                self._compile(key)
+            with torch.compiler.set_stance("fail_on_recompile"):  # never a silent recompile without the fusions
+                out = self.compiled[key](inputs)
+        return out.clone()
+
+    def _compile(self, key: tuple[int, tuple[int, ...]]) -> None:
+        compiled, code, seconds = compile_for_shape(self.module, torch.zeros(key[1]))
+        self.compiled[key], self.compile_s[key] = compiled, seconds
+        kernels = kernels_called(code)
+        if not self.quantized:  # the float row runs float convolutions by design
+            kernels["float_convolutions"] = kernels.pop("float_compute_ops")
+        self.info.setdefault(key[1][1:], kernels)
 
     def size_bytes(self) -> int:
         """The serialised state dict of the graph Inductor compiles (int8 weight codes, scales, float biases)."""
