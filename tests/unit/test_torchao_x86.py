@@ -57,8 +57,7 @@ def test_every_layer_runs_on_onednn_int8_and_agrees_with_the_simulation(scheme: 
     with torch.no_grad():
         reference = qsim(x[:32])
     # Measured: 32 of 32 top-1 equal, logit SQNR 26.8 dB at w8a8-pc, logits within 0.25 (one output step: oneDNN
-    # scales the int32 accumulator in
-    # float and adds the float bias where the simulation convolves dequantized values)
+    # scales the int32 accumulator in float and adds the float bias where the simulation convolves dequantized values)
     result = agreement(reference, out)
     assert result["top1_agreement"] == 1.0
     assert result["logit_sqnr_db"] > 25, result
