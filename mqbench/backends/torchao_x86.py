@@ -24,7 +24,11 @@ kernels by what they fuse (residual adds and the pool run there as ``dequantize 
 each shape's compile seconds, separate from the latency figures. Threads are torch's (``torch.set_num_threads``,
 which sizes OpenMP's pool for the generated kernels and oneDNN alike).
 
-No integer simulation of oneDNN: the fake-quant simulation's agreement is reported.
+The integer simulation (:func:`onednn_simulation`, the cell's ``integer sim``) computes the graph in oneDNN's own
+arithmetic, read off its outputs layer by layer (``scripts/onednn_layers.py``): int32 accumulation, ``(acc * s_x) *
+s_w + bias`` in float32, the fused ReLU / ReLU6, then ``round(v * (1 / s_y) + z_y)`` with the zero point added before
+rounding; Inductor's kernels for adds, pads and the pool as the PT2E graph computes them. Checked on AVX-512 VNNI
+CPUs; elsewhere the record says why there is none.
 """
 
 from __future__ import annotations
@@ -38,12 +42,24 @@ from collections import Counter
 from typing import Any, ClassVar
 
 import torch
-from torch import nn
+import torch.nn.functional as F
+from torch import fx, nn
 
 from mqbench import hookimpl
 from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime, w8a8_problem
 from mqbench.backends.ort.runtime import cpu_isa
-from mqbench.backends.pt2e import X86_INDUCTOR, duplicate_dequantize, pt2e_module, quiet
+from mqbench.backends.pt2e import (
+    X86_INDUCTOR,
+    DequantizedWeightLayer,
+    Pt2eChannelClip,
+    Pt2eConv2d,
+    QuantizeDequantize,
+    duplicate_dequantize,
+    pt2e_module,
+    quiet,
+)
+from mqbench.layers import tf_same_pad
+from mqbench.quant.qsim import QuantSim
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
 
@@ -152,6 +168,96 @@ class InductorModel:
         return out
 
 
+# -- oneDNN's arithmetic, code for code ----------------------------------------------------------------------------
+EXACT_FLOAT32 = 2**24  # integers up to this add exactly in float32
+
+
+class OneDnnRequantize(QuantizeDequantize):
+    """The output stage of oneDNN's int8 convolution and matmul: ``round_half_even(v * (1 / s) + z)`` in float32, the
+    zero point added *before* rounding (Inductor's own kernels and ``quantize_per_tensor`` round, then add it: the
+    two differ where ``v / s + z`` rounds onto a tie in float32)."""
+
+    def forward(self, v: torch.Tensor) -> torch.Tensor:
+        codes = torch.clamp(torch.round(v * (1.0 / self.scale) + float(self.zero_point)), self.qmin, self.qmax)
+        return (codes - self.zero_point) * self.scale
+
+
+class OneDnnAccumulate(nn.Module):
+    """A PT2E convolution or linear layer as oneDNN computes it before requantizing: the int32 accumulator of the
+    input's codes minus its zero point times the int8 weight codes, then ``(acc * s_x) * s_w + bias`` in float32 (in
+    that order: measured exact on every layer of MobileNetV1/V2, where ``acc * (s_x * s_w)`` or a fused multiply-add
+    miss a few codes in a million; ``scripts/onednn_layers.py``). The accumulator is computed in float32 when no
+    partial sum can pass 2**24, in float64 otherwise: exact either way."""
+
+    def __init__(self, layer: DequantizedWeightLayer) -> None:
+        super().__init__()
+        self.layer = layer
+        weights = layer.codes.double().abs().flatten(1).sum(1).max()
+        largest_input = max(layer.input.zero_point - layer.input.qmin, layer.input.qmax - layer.input.zero_point)
+        self.dtype = torch.float32 if float(weights) * largest_input < EXACT_FLOAT32 else torch.float64
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        layer = self.layer
+        centred = torch.round(x / layer.input.scale).to(self.dtype)  # on-grid input: its code minus the zero point
+        codes, shape = layer.codes.to(self.dtype), (1, -1)  # type: tuple[torch.Tensor, tuple[int, ...]]
+        if isinstance(layer, Pt2eConv2d):
+            if layer.tf_same:
+                centred = tf_same_pad(centred, layer.kernel_size, layer.stride, layer.dilation)  # type: ignore[arg-type]
+            elif layer.pads:
+                centred = F.pad(centred, layer.pads)
+            centred = centred.contiguous(memory_format=torch.channels_last)  # the fast layout; exact sums in any order
+            acc = F.conv2d(centred, codes, None, layer.stride, layer.padding, layer.dilation, layer.groups).float()
+            shape = (1, -1, 1, 1)
+        else:
+            acc = (centred @ codes.T).float()
+        weight_scale = layer.weight_scale.float().view(shape) if layer.axis is not None else layer.tensor_scale
+        v = acc * torch.tensor(layer.input.scale, dtype=torch.float32) * weight_scale
+        return v + layer.bias.view(shape) if layer.bias is not None else v
+
+
+def simulation_unsupported(isa: list[str]) -> str | None:
+    """Why :func:`onednn_simulation` does not model this CPU's kernels, or None: it was checked against oneDNN's
+    VNNI kernels (exact int32 sums); without VNNI they add pairs of products in int16 with saturation."""
+    if "avx512_vnni" in isa or "avx_vnni" in isa:
+        return None
+    return "none on this CPU: oneDNN's int8 kernels without VNNI saturate pairs of products in int16, not modelled"
+
+
+def onednn_simulation(qsim: QuantSim) -> fx.GraphModule:
+    """The calibrated ``qsim`` in oneDNN's int8 arithmetic as ``torchao-x86`` runs it: the X86 Inductor PT2E graph
+    with each convolution and linear layer replaced by :class:`OneDnnAccumulate` and the quantizer it feeds (through
+    its fused ReLU / ReLU6) by :class:`OneDnnRequantize`; adds, pads and the pool stay as the graph computes them,
+    which is what Inductor's C++ kernels compute (dequantize, float32 op, ``round(x * (1 / s)) + z``)."""
+    gm = pt2e_module(qsim, X86_INDUCTOR)
+    modules = dict(gm.named_modules())
+    for node in gm.graph.nodes:
+        module = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(module, DequantizedWeightLayer):
+            gm.add_submodule(str(node.target), OneDnnAccumulate(module))
+        elif isinstance(module, (QuantizeDequantize, Pt2eChannelClip)) and _fed_by_a_kernel(node.args[0], modules):
+            output = module.output if isinstance(module, Pt2eChannelClip) else module
+            requantize = OneDnnRequantize(output.scale, output.zero_point, X86_INDUCTOR)
+            if isinstance(module, Pt2eChannelClip):
+                module.output = requantize
+            else:
+                gm.add_submodule(str(node.target), requantize)
+    gm.recompile()
+    return gm
+
+
+def _fed_by_a_kernel(node: Any, modules: dict[str, nn.Module]) -> bool:
+    """Whether ``node`` is a convolution or linear layer's output, through any ReLU / ReLU6 oneDNN fuses into it."""
+    while isinstance(node, fx.Node) and node.op in ("call_module", "call_function", "call_method"):
+        module = modules.get(str(node.target)) if node.op == "call_module" else None
+        if isinstance(module, DequantizedWeightLayer):
+            return True
+        kind = type(module).__name__ if module is not None else str(getattr(node.target, "__name__", node.target))
+        if not any(a in kind.lower() for a in ("relu", "hardtanh", "clamp")):
+            return False
+        node = node.args[0]
+    return False
+
+
 class TorchaoX86(Runtime):
     name = "torchao-x86"
     description = ("torchao PT2E + torch.compile (Inductor) on x86: oneDNN int8 kernels, uint8 activations, "
@@ -185,6 +291,11 @@ class TorchaoX86(Runtime):
             return InductorModel(pt2e_module(artifact.payload, X86_INDUCTOR), quantized=True)
         raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
 
+    def integer_simulation(self, qsim: Any) -> Deployed | None:
+        if simulation_unsupported(cpu_isa()) is not None:
+            return None
+        return onednn_simulation(qsim)
+
     def info(self) -> dict[str, Any]:
         missing = self.unavailable()
         if missing:
@@ -196,7 +307,8 @@ class TorchaoX86(Runtime):
                                          "per-channel weights, float bias)",
                 "compile": "torch.export, torch.compile(dynamic=False) with freezing; one graph per input shape",
                 "isa": cpu_isa(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-                "integer_simulation": "none: oneDNN's arithmetic is not modelled"}
+                "integer_simulation": simulation_unsupported(cpu_isa())
+                or "oneDNN int8 convolution / matmul with VNNI (mqbench.backends.torchao_x86.onednn_simulation)"}
 
 
 @hookimpl
@@ -204,4 +316,5 @@ def mqbench_register_runtimes(register: Registry[Runtime]) -> None:
     register(TorchaoX86())
 
 
-__all__ = ["InductorModel", "TorchaoX86", "compile_for_shape", "kernels_called"]
+__all__ = ["InductorModel", "OneDnnAccumulate", "OneDnnRequantize", "TorchaoX86", "compile_for_shape", "kernels_called",
+           "onednn_simulation", "simulation_unsupported"]
