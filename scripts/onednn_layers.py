@@ -4,8 +4,9 @@
 
 The X86 Inductor PT2E graph of the calibrated QuantSim (:func:`~mqbench.backends.pt2e.pt2e_module` with
 ``X86_INDUCTOR``) is cut after an activation quantizer, compiled as ``torchao-x86`` compiles it and run on 16 val-1300
-images; its output codes are compared with the fake-quant simulation's and the PT2E reference graph's (run by
-PyTorch) at the same quantizer. Then the first convolution is computed from its integer codes (int32 accumulator of
+images; its output codes are compared with the fake-quant simulation's, the PT2E reference graph's (run by
+PyTorch) and the oneDNN integer simulation's (:func:`~mqbench.backends.torchao_x86.onednn_simulation`, which these
+comparisons were used to write) at the same quantizer. Then the first convolution is computed from its integer codes (int32 accumulator of
 uint8 input codes minus the zero point times int8 weight codes) in candidate float32 forms of oneDNN's
 requantization with the float bias, each counted against what oneDNN wrote. Needs the real data (../shared/data or
 $MQBENCH_DATA) and ``mqbench[torchao]``.
@@ -21,7 +22,7 @@ from torch import fx
 from xnnpack_layers import cut  # type: ignore[import-not-found]  # scripts/ is on the path of a script run from it
 
 from mqbench.backends.pt2e import X86_INDUCTOR, Pt2eConv2d, pt2e_module
-from mqbench.backends.torchao_x86 import InductorModel, TorchaoX86
+from mqbench.backends.torchao_x86 import InductorModel, TorchaoX86, onednn_simulation
 from mqbench.harness import Workspace
 from mqbench.layers import tf_same_pad
 from mqbench.plugins import get_plugins
@@ -74,7 +75,7 @@ def main(name: str, weights: str) -> None:
     calibrate_activations(qsim, ws.split("imagenet", "calib", 128, preprocess), minmax_observer)
     qsim.eval()
     x = next(iter(ws.split("imagenet", "test", 16, preprocess).batches(16)))[0].clone()
-    reference = pt2e_module(qsim, X86_INDUCTOR)
+    reference, integer = pt2e_module(qsim, X86_INDUCTOR), onednn_simulation(qsim)
     modules = dict(qsim.model.named_modules())
     points = [n for n in qsim.model.graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], Quantizer)]
     picks = sorted({0, 1, 2, 3, 4, 6, 8, 12, 16, 20, len(points) - 3, len(points) - 2, len(points) - 1})
@@ -89,10 +90,11 @@ def main(name: str, weights: str) -> None:
 
         with torch.no_grad():
             sim, ref = codes(cut(qsim.model, node.name)(x)), codes(cut(reference, node.name)(x))
+            exact = codes(cut(integer, node.name)(x))
         onednn = codes(InductorModel(cut(reference, node.name), quantized=True)(x))
-        print(f"  {k:3d} {node.target!s:38s} {sim.numel():9d} codes: oneDNN != simulation "
+        print(f"  {k:3d} {node.target!s:38s} {sim.numel():9d} codes: oneDNN != fake-quant simulation "
               f"{int((onednn != sim).sum()):7d} (max {int((onednn - sim).abs().max())}), != PT2E reference "
-              f"{int((onednn != ref).sum()):7d}; simulation != PT2E reference {int((sim != ref).sum())}")
+              f"{int((onednn != ref).sum()):7d}, != oneDNN integer simulation {int((onednn != exact).sum())}")
         if k == 1:
             first = (onednn, float(q.scale), int(q.zero_point))
     if first is not None:
