@@ -6,10 +6,10 @@ The X86 Inductor PT2E graph of the calibrated QuantSim (:func:`~mqbench.backends
 ``X86_INDUCTOR``) is cut after an activation quantizer, compiled as ``torchao-x86`` compiles it and run on 16 val-1300
 images; its output codes are compared with the fake-quant simulation's, the PT2E reference graph's (run by
 PyTorch) and the oneDNN integer simulation's (:func:`~mqbench.backends.torchao_x86.onednn_simulation`, which these
-comparisons were used to write) at the same quantizer. Then the first convolution is computed from its integer codes (int32 accumulator of
-uint8 input codes minus the zero point times int8 weight codes) in candidate float32 forms of oneDNN's
-requantization with the float bias, each counted against what oneDNN wrote. Needs the real data (../shared/data or
-$MQBENCH_DATA) and ``mqbench[torchao]``.
+comparisons were used to write) at the same quantizer. Then the first convolution is computed from its integer
+codes (int32 accumulator of uint8 input codes minus the zero point times int8 weight codes) in candidate float32
+forms of oneDNN's requantization with the float bias, each counted against what oneDNN wrote. Needs the real data
+(../shared/data or $MQBENCH_DATA) and ``mqbench[torchao]``.
 """
 
 from __future__ import annotations
@@ -19,16 +19,12 @@ import sys
 import torch
 import torch.nn.functional as F
 from torch import fx
-from xnnpack_layers import cut  # type: ignore[import-not-found]  # scripts/ is on the path of a script run from it
+from xnnpack_layers import calibrated, cut  # type: ignore[import-not-found]  # scripts/ is on the path of a script run from it
 
 from mqbench.backends.pt2e import X86_INDUCTOR, Pt2eConv2d, pt2e_module
 from mqbench.backends.torchao_x86 import InductorModel, TorchaoX86, onednn_simulation
-from mqbench.harness import Workspace
 from mqbench.layers import tf_same_pad
-from mqbench.plugins import get_plugins
-from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
 from mqbench.quant.qsim import Quantizer
-from mqbench.schemes import parse_scheme
 
 
 def first_conv(reference: fx.GraphModule, x: torch.Tensor, codes: torch.Tensor, out_scale: float,
@@ -67,18 +63,9 @@ def first_conv(reference: fx.GraphModule, x: torch.Tensor, codes: torch.Tensor, 
 
 
 def main(name: str, weights: str) -> None:
-    ws = Workspace(get_plugins())
-    preprocess = ws.plugins.models.get(name).get_weights(weights).preprocess
-    model, _ = ws.float_model(name, weights)
-    qsim = TorchaoX86().quantsim(model, parse_scheme("w8a8-pc"))
-    calibrate_weights(qsim, minmax_observer)
-    calibrate_activations(qsim, ws.split("imagenet", "calib", 128, preprocess), minmax_observer)
-    qsim.eval()
-    x = next(iter(ws.split("imagenet", "test", 16, preprocess).batches(16)))[0].clone()
+    qsim, x, points, picks = calibrated(TorchaoX86(), name, weights)
     reference, integer = pt2e_module(qsim, X86_INDUCTOR), onednn_simulation(qsim)
     modules = dict(qsim.model.named_modules())
-    points = [n for n in qsim.model.graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], Quantizer)]
-    picks = sorted({0, 1, 2, 3, 4, 6, 8, 12, 16, 20, len(points) - 3, len(points) - 2, len(points) - 1})
     print(f"{name} ({weights}) minmax w8a8-pc, 16 images: output codes at activation quantizer k (uint8 codes)")
     first: tuple[torch.Tensor, float, int] | None = None
     for k in picks:

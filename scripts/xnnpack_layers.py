@@ -19,13 +19,14 @@ import torch
 import torch.nn.functional as F
 from torch import fx
 
+from mqbench.backends import Runtime
 from mqbench.backends.executorch import ExecuTorchModel, ExecuTorchXnnpack
 from mqbench.backends.pt2e import Pt2eConv2d, pt2e_module
 from mqbench.harness import Workspace
 from mqbench.layers import tf_same_pad
 from mqbench.plugins import get_plugins
 from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
-from mqbench.quant.qsim import Quantizer
+from mqbench.quant.qsim import Quantizer, QuantSim
 from mqbench.schemes import parse_scheme
 
 
@@ -58,19 +59,26 @@ def first_conv(reference: fx.GraphModule, x: torch.Tensor, et_codes: torch.Tenso
         print(f"  multiplier {label:22s} differs on {int((codes != et_codes).sum())} of {codes.numel()} codes")
 
 
-def main(name: str, weights: str) -> None:
+def calibrated(runtime: Runtime, name: str, weights: str) -> tuple[QuantSim, torch.Tensor, list[fx.Node], list[int]]:
+    """``name``'s QuantSim for ``runtime`` calibrated with minmax w8a8-pc on 128 images, 16 val-1300 images, its
+    activation quantizers' nodes and the indices of those compared."""
     ws = Workspace(get_plugins())
     preprocess = ws.plugins.models.get(name).get_weights(weights).preprocess
     model, _ = ws.float_model(name, weights)
-    qsim = ExecuTorchXnnpack().quantsim(model, parse_scheme("w8a8-pc"))
+    qsim = runtime.quantsim(model, parse_scheme("w8a8-pc"))
     calibrate_weights(qsim, minmax_observer)
     calibrate_activations(qsim, ws.split("imagenet", "calib", 128, preprocess), minmax_observer)
     qsim.eval()
     x = next(iter(ws.split("imagenet", "test", 16, preprocess).batches(16)))[0].clone()
-    reference = pt2e_module(qsim)
     modules = dict(qsim.model.named_modules())
     points = [n for n in qsim.model.graph.nodes if n.op == "call_module" and isinstance(modules[str(n.target)], Quantizer)]
-    picks = sorted({0, 1, 2, 3, 4, 6, 8, 12, 16, 20, len(points) - 3, len(points) - 2, len(points) - 1})
+    return qsim, x, points, sorted({0, 1, 2, 3, 4, 6, 8, 12, 16, 20, len(points) - 3, len(points) - 2, len(points) - 1})
+
+
+def main(name: str, weights: str) -> None:
+    qsim, x, points, picks = calibrated(ExecuTorchXnnpack(), name, weights)
+    reference = pt2e_module(qsim)
+    modules = dict(qsim.model.named_modules())
     print(f"{name} ({weights}) minmax w8a8-pc, 16 images: output codes at activation quantizer k (int8 codes)")
     first: tuple[torch.Tensor, torch.Tensor, int] | None = None
     for k in picks:
