@@ -34,7 +34,6 @@ CPUs; elsewhere the record says why there is none.
 from __future__ import annotations
 
 import importlib.util
-import io
 import re
 import shutil
 import time
@@ -68,7 +67,7 @@ INT8_OPS = frozenset({"qconv_pointwise", "qconv2d_pointwise", "qconv_pointwise.b
 # Float convolutions and matrix products Inductor can call: in a quantized graph, a fusion that did not match.
 FLOAT_OPS = frozenset({"_convolution_pointwise", "convolution", "mm", "addmm", "bmm", "_linear_pointwise",
                        "_mkl_linear", "_convolution_transpose_pointwise"})
-_EXTERN_CALL = re.compile(r"\b(?:torch\.ops\.\w+|extern_kernels)\.(\w+)(?:\.(default|tensor|binary|\w+))?\(")
+_EXTERN_CALL = re.compile(r"\b(?:torch\.ops\.\w+|extern_kernels)\.(\w+)(?:\.(\w+))?\(")
 _CPP_CALL = re.compile(r"^\s*cpp_fused_(\w+?)_\d+\(", re.MULTILINE)
 
 
@@ -151,12 +150,6 @@ class InductorModel:
         if not self.quantized:  # the float row runs float convolutions by design
             kernels["float_convolutions"] = kernels.pop("float_compute_ops")
         self.info.setdefault(key[1][1:], kernels)
-
-    def size_bytes(self) -> int:
-        """The serialised state dict of the graph Inductor compiles (int8 weight codes, scales, float biases)."""
-        buffer = io.BytesIO()
-        torch.save(self.module.state_dict(), buffer)
-        return buffer.getbuffer().nbytes
 
     def deployment_info(self) -> dict[str, Any]:
         """Per sample shape: the kernels the compiled graph calls and each compile's seconds (batch, threads)."""
