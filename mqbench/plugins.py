@@ -60,6 +60,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.backends.openvino",
     "mqbench.backends.executorch",
     "mqbench.backends.torchao_x86",
+    "mqbench.backends.litert",
     "mqbench.backends.null",
     "mqbench.backends.ort.toolkit",
     "mqbench.backends.torch_ao.toolkit",

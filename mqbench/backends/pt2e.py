@@ -9,9 +9,12 @@ A PT2E quantizer decides two things this writer takes as :class:`Pt2eConventions
   QuantSim's uint8 code ``q`` with zero point ``z`` is the int8 code ``q - 128`` with zero point ``z - 128``, the
   same real values);
 * weights: a convolution or linear layer reads its weight as the QuantSim's int8 codes through
-  ``dequantize_per_channel`` or ``_per_tensor`` (zero point 0: both backends take symmetric weights); a backend
+  ``dequantize_per_channel`` or ``_per_tensor`` (zero point 0: all these backends take symmetric weights); a backend
   whose quantizer annotates only per-channel weights (X86 Inductor) gets a per-tensor scale repeated per channel,
-  the same arithmetic. The bias is the QuantSim's int32 codes times ``input_scale * weight_scale``.
+  the same arithmetic; one whose converter folds the weight's quantization itself (LiteRT's, from
+  ``convert_pt2e(..., fold_quantize=False)``) gets the on-grid float weight (codes x scale) before a
+  quantize/dequantize pair, which gives back the same codes. The bias is the QuantSim's int32 codes times
+  ``input_scale * weight_scale``.
 
 Everything else is as ``convert_pt2e`` writes it: a pass-through op before a quantized op (TensorFlow "SAME" zero
 padding, the flatten before the classifier) keeps its input's qparams (a q/dq pair at those qparams after it), and
@@ -48,6 +51,8 @@ class Pt2eConventions:
     backend: str  # named in errors: "XNNPACK"
     signed_activations: bool  # int8 activation codes (uint8 code - 128); False: uint8
     per_channel_weights: bool  # per-tensor weight scales written per channel (the quantizer annotates no other)
+    # weights (and the clip's bounds) as floats -> quantize -> dequantize (fold_quantize=False); False: int8 codes
+    float_weights: bool = False
     version: int = 1
 
     @property
@@ -61,6 +66,7 @@ class Pt2eConventions:
 
 XNNPACK = Pt2eConventions("XNNPACK", signed_activations=True, per_channel_weights=False)
 X86_INDUCTOR = Pt2eConventions("X86 Inductor", signed_activations=False, per_channel_weights=True)
+LITERT = Pt2eConventions("LiteRT", signed_activations=True, per_channel_weights=False, float_weights=True)
 
 
 def _decomposed() -> Any:
@@ -121,18 +127,29 @@ class DequantizedWeightLayer(nn.Module):
         self.register_buffer("weight_scale", scale)
         self.register_buffer("weight_zero_point", torch.zeros(scale.shape, dtype=q.zero_point.dtype))
         self.tensor_scale = float(scale) if self.axis is None else 0.0  # a constant of the graph, not a buffer
+        self.float_weights = conventions.float_weights
         self.input = QuantizeDequantize.of(input_quantizer, conventions)
         # The QuantSim's own bias on its int32 grid (codes x input scale x weight scale), which XNNPACK's lowering
         # rounds back to exactly those codes
         bias = quantized_bias(layer.bias, q, layer.input_quantizer)
         self.register_buffer("bias", None if bias is None else bias.detach().float().clone())
+        if conventions.float_weights:  # the on-grid weight itself (codes x scale), quantized again in the graph
+            shape = [-1] + [1] * (codes.dim() - 1)
+            self.register_buffer("float_weight", codes.float() * (scale if self.axis is None else scale.view(shape)))
 
     def weight(self) -> torch.Tensor:
         qd = _decomposed()
         if self.axis is None:
-            return qd.dequantize_per_tensor(self.codes, self.tensor_scale, 0, -128, 127, torch.int8)
-        return qd.dequantize_per_channel(self.codes, self.weight_scale, self.weight_zero_point, self.axis,
-                                         -128, 127, torch.int8)
+            codes = self.codes
+            if self.float_weights:
+                codes = qd.quantize_per_tensor(self.float_weight, self.tensor_scale, 0, -128, 127, torch.int8)
+            return qd.dequantize_per_tensor(codes, self.tensor_scale, 0, -128, 127, torch.int8)
+        codes = self.codes
+        if self.float_weights:
+            codes = qd.quantize_per_channel(self.float_weight, self.weight_scale, self.weight_zero_point, self.axis,
+                                            -128, 127, torch.int8)
+        return qd.dequantize_per_channel(codes, self.weight_scale, self.weight_zero_point, self.axis, -128, 127,
+                                         torch.int8)
 
 
 class Pt2eConv2d(DequantizedWeightLayer):
@@ -176,16 +193,21 @@ class Pt2eChannelClip(nn.Module):
 
     upper_codes: torch.Tensor
 
-    def __init__(self, clip: ChannelClippedReLU, output: QuantizeDequantize) -> None:
+    def __init__(self, clip: ChannelClippedReLU, output: QuantizeDequantize, float_bounds: bool = False) -> None:
         super().__init__()
-        self.output = output
+        self.output, self.float_bounds = output, float_bounds
         codes = torch.clamp(torch.round(clip.upper.detach() / output.scale) + output.zero_point, output.qmin,
                             output.qmax)
         self.register_buffer("upper_codes", codes.to(output.dtype).view(1, -1, 1, 1))
+        if float_bounds:  # the bounds on the grid as floats, quantized in the graph (as weights, fold_quantize=False)
+            self.register_buffer("upper", (self.upper_codes.float() - output.zero_point) * output.scale)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qd, out = _decomposed(), self.output
-        upper = qd.dequantize_per_tensor(self.upper_codes, out.scale, out.zero_point, out.qmin, out.qmax, out.dtype)
+        codes = self.upper_codes
+        if self.float_bounds:
+            codes = qd.quantize_per_tensor(self.upper, out.scale, out.zero_point, out.qmin, out.qmax, out.dtype)
+        upper = qd.dequantize_per_tensor(codes, out.scale, out.zero_point, out.qmin, out.qmax, out.dtype)
         return torch.minimum(self.output(torch.relu(x)), upper)
 
 
@@ -206,7 +228,7 @@ def pt2e_module(qsim: QuantSim, conventions: Pt2eConventions = XNNPACK) -> fx.Gr
             module = Pt2eLinear(module, conventions)
         elif isinstance(module, ChannelClippedReLU):
             clipped = QuantizeDequantize.of(_output_quantizer(node, modules, conventions), conventions)
-            module = Pt2eChannelClip(module, clipped)
+            module = Pt2eChannelClip(module, clipped, conventions.float_weights)
         root[str(node.target)] = module
     graph = fx.Graph()
     output = graph.graph_copy(qsim.model.graph, {})
@@ -255,5 +277,5 @@ def quiet() -> Iterator[None]:
         logging.disable(level)
 
 
-__all__ = ["X86_INDUCTOR", "XNNPACK", "DequantizedWeightLayer", "Pt2eChannelClip", "Pt2eConv2d", "Pt2eConventions",
+__all__ = ["LITERT", "X86_INDUCTOR", "XNNPACK", "DequantizedWeightLayer", "Pt2eChannelClip", "Pt2eConv2d", "Pt2eConventions",
            "Pt2eLinear", "QuantizeDequantize", "duplicate_dequantize", "pt2e_module", "quiet"]
