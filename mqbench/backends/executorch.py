@@ -13,7 +13,8 @@ The graph is exported (``torch.export``, one static input shape), lowered with
 any compute operator left outside them (run by ExecuTorch's portable kernels in float: the leaderboard's
 ``float ops:``). The thread count is that of ExecuTorch's shared threadpool, set before each call.
 
-No integer simulation of XNNPACK: the fake-quant simulation's agreement is reported (README, runtimes).
+The cell's integer simulation is XNNPACK's arithmetic code for code (:class:`~mqbench.backends.xnnpack.
+XnnpackSimulation`, x86-64).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from mqbench import hookimpl
 from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime, w8a8_problem
 from mqbench.backends.ort.runtime import cpu_isa
 from mqbench.backends.pt2e import XNNPACK, duplicate_dequantize, pt2e_module, quiet
+from mqbench.backends.xnnpack import XnnpackSimulation, simulation_unsupported
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
 
@@ -174,6 +176,11 @@ class ExecuTorchXnnpack(Runtime):
             return ExecuTorchModel(pt2e_module(artifact.payload, XNNPACK), self.threads)
         raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
 
+    def integer_simulation(self, qsim: Any) -> Deployed | None:
+        if simulation_unsupported() is not None:
+            return None
+        return XnnpackSimulation(qsim)
+
     def info(self) -> dict[str, Any]:
         missing = self.unavailable()
         if missing:
@@ -183,7 +190,8 @@ class ExecuTorchXnnpack(Runtime):
         return {"runtime": f"executorch {version('executorch')}", "delegate": "XnnpackPartitioner",
                 "threads": self.threads, "isa": cpu_isa(),
                 "format": "PT2E quantized graph (quantized_decomposed q/dq, int8 activations), static shapes",
-                "integer_simulation": "none: XNNPACK's arithmetic is not modelled"}
+                "integer_simulation": simulation_unsupported()
+                or "XNNPACK x86-64 int8 kernels, the converter's int32 biases (mqbench.backends.xnnpack)"}
 
 
 @hookimpl

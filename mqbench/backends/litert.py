@@ -18,7 +18,8 @@ that ran on float operands anywhere (the leaderboard's ``float ops:``; the float
 One converted model per input shape (static shapes, batch included; ``litert_torch`` cannot convert the flatten
 before the classifier with a dynamic batch), one interpreter per (shape, threads).
 
-No integer simulation of XNNPACK: the fake-quant simulation's agreement is reported (README, runtimes).
+The cell's integer simulation is XNNPACK's arithmetic code for code (:class:`~mqbench.backends.xnnpack.
+XnnpackSimulation`, x86-64).
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ from mqbench import hookimpl
 from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime, w8a8_problem
 from mqbench.backends.ort.runtime import cpu_isa
 from mqbench.backends.pt2e import LITERT, pt2e_module, quiet
+from mqbench.backends.xnnpack import XnnpackSimulation, simulation_unsupported
 from mqbench.quant import functional as Q
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
@@ -194,6 +196,11 @@ class LiteRtXnnpack(Runtime):
             return LiteRtModel(pt2e_module(artifact.payload, LITERT), True, self.threads)
         raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
 
+    def integer_simulation(self, qsim: Any) -> Deployed | None:
+        if simulation_unsupported() is not None:
+            return None
+        return XnnpackSimulation(qsim)
+
     def info(self) -> dict[str, Any]:
         missing = self.unavailable()
         if missing:
@@ -203,7 +210,8 @@ class LiteRtXnnpack(Runtime):
         return {"runtime": f"ai-edge-litert {version('ai-edge-litert')}", "converter": f"litert-torch {version('litert-torch')}",
                 "delegate": "XNNPACK (the interpreter's default delegate)", "threads": self.threads, "isa": cpu_isa(),
                 "format": "int8 .tflite (litert_torch static PT2E conversion), int8 input and output, static shapes",
-                "integer_simulation": "none: XNNPACK's arithmetic is not modelled"}
+                "integer_simulation": simulation_unsupported()
+                or "XNNPACK x86-64 int8 kernels, the converter's int32 biases (mqbench.backends.xnnpack)"}
 
 
 @hookimpl

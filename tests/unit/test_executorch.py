@@ -98,3 +98,16 @@ def test_without_executorch_the_runtime_says_how_to_install_it(monkeypatch: pyte
     reason = ExecuTorchXnnpack().unavailable()
     assert reason is not None and "mqbench[executorch]" in reason
     assert ExecuTorchXnnpack().info()["runtime"] is None
+
+
+def test_the_xnnpack_simulation_gives_executorch_s_logits_exactly() -> None:
+    """ExecuTorch's XNNPACK lowering rounds the float bias as litert-torch's converter does: the same simulation."""
+    from mqbench.backends.xnnpack import XnnpackSimulation, simulation_unsupported
+
+    if simulation_unsupported() is not None:
+        pytest.skip(str(simulation_unsupported()))
+    torch.manual_seed(0)
+    for qsim, x in [padded_qsim("w8a8-pc"), _calibrated(_trained_like(quick_mobilenet_v2(10)), "w8a8-pt")]:
+        deployed = ExecuTorchXnnpack(threads=2).deploy(qsim)(x)
+        with torch.no_grad():
+            assert torch.equal(XnnpackSimulation(qsim)(x), deployed)

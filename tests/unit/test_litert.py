@@ -106,3 +106,18 @@ def test_without_litert_the_runtime_says_how_to_install_it(monkeypatch: pytest.M
     reason = LiteRtXnnpack().unavailable()
     assert reason is not None and "mqbench[litert]" in reason
     assert LiteRtXnnpack().info()["runtime"] is None
+
+
+def test_the_xnnpack_simulation_gives_litert_s_logits_exactly() -> None:
+    """On the padded graph and the quick MobileNetV2 (both schemes): XNNPACK's arithmetic code for code."""
+    from mqbench.backends.xnnpack import XnnpackSimulation, simulation_unsupported
+
+    if simulation_unsupported() is not None:
+        pytest.skip(str(simulation_unsupported()))
+    torch.manual_seed(0)
+    cases = [padded_qsim("w8a8-pc"), padded_qsim("w8a8-pt"),
+             _calibrated(_trained_like(quick_mobilenet_v2(10)), "w8a8-pc")]
+    for qsim, x in cases:
+        deployed = LiteRtXnnpack(threads=2).deploy(qsim)(x)
+        with torch.no_grad():
+            assert torch.equal(XnnpackSimulation(qsim)(x), deployed)

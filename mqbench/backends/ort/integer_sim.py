@@ -286,11 +286,17 @@ class IntegerSimulation(nn.Module):
             if self.int16_pairs:
                 ops.w_rows = _weight_rows(layer)
         if layer.bias is not None and (ops.x_scale is None or not torch.equal(ops.x_scale, x_scale)):
-            ops.bias = mlas.bias_codes(layer.bias.detach(), x_scale, ops.w_scale)
+            ops.bias = self._bias_codes(layer, x_scale, ops.w_scale)
             ops.bias_hi = ops.bias.float()
             ops.bias_lo = (ops.bias - ops.bias_hi.double()).float()
             ops.x_scale, ops.bias_max, ops.bias_lo_max = x_scale, float(ops.bias.abs().max()), float(ops.bias_lo.abs().max())
         return ops
+
+    @staticmethod
+    def _bias_codes(layer: QuantConv2d | QuantLinear, x_scale: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+        """The int32 bias codes the runtime adds: ONNX Runtime's export rounds the float bias in float64."""
+        assert layer.bias is not None
+        return mlas.bias_codes(layer.bias.detach(), x_scale, w_scale)
 
     def _layer(self, layer: QuantConv2d | QuantLinear, x: Any, name: str) -> Pending:
         if not isinstance(x, Codes):
