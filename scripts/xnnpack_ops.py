@@ -1,14 +1,15 @@
-"""XNNPACK's operators one by one, each fed XNNPACK's own input codes: which operator computes unlike ONNX Runtime's
-integer arithmetic (the arithmetic ``ort-qdq`` is predicted with, code for code).
+"""XNNPACK's operators one by one, each fed XNNPACK's own input codes, against the XNNPACK integer simulation: the
+evidence behind :mod:`mqbench.backends.xnnpack`.
 
     python scripts/xnnpack_ops.py [model weights]    # default: both MobileNets, minmax w8a8-pc, 16 val-1300 images
 
 The QuantSim's PT2E graph for ``litert-xnnpack`` is converted with every activation quantizer's output as an extra
 model output, so one run of LiteRT's XNNPACK delegate returns every intermediate tensor's int8 codes. The integer
-simulation (:class:`~mqbench.backends.ort.integer_sim.IntegerSimulation` on int8 codes, no int16 saturation) then
-runs the graph with each quantizer's codes replaced by XNNPACK's: every operator sees exactly XNNPACK's inputs, and
-its output codes are compared with XNNPACK's (codes that differ, the largest difference). Needs the real data
-(../shared/data or $MQBENCH_DATA) and ``mqbench[litert]``.
+simulation (:class:`~mqbench.backends.xnnpack.XnnpackSimulation`) then runs the graph with each quantizer's codes
+replaced by XNNPACK's: every operator sees exactly XNNPACK's inputs, and its output codes are compared with
+XNNPACK's (codes that differ, the largest difference): once with ONNX Runtime's bias codes (the float bias rounded
+in float64, as ``ort-qdq``'s export does), once with the codes litert-torch's converter makes of the PT2E graph's
+float32 bias. Needs the real data (../shared/data or $MQBENCH_DATA) and ``mqbench[litert]``.
 """
 
 from __future__ import annotations
@@ -93,8 +94,8 @@ def main(models: tuple[tuple[str, str], ...]) -> None:
     for name, weights in models:
         qsim, x, _, _ = calibrated(LiteRtXnnpack(), name, weights)
         codes = xnnpack_codes(qsim, x)
-        for ort_bias, label in ((True, "ONNX Runtime's integer arithmetic"),
-                                (False, "the same with litert-torch's bias codes (XnnpackSimulation)")):
+        for ort_bias, label in ((True, "XnnpackSimulation with ONNX Runtime's float64 bias codes"),
+                                (False, "XnnpackSimulation (litert-torch's bias codes)")):
             fed = FedSimulation(qsim, codes, ort_bias)
             fed(x)
             print(f"\n{name} ({weights}) minmax w8a8-pc, 16 images: each operator from XNNPACK's input codes, its "

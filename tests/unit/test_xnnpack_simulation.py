@@ -1,5 +1,5 @@
-"""XNNPACK's bias codes (``converter_bias_codes``): the int32 codes a PT2E graph's float32 bias becomes, and where
-they part from the QuantSim's own codes; the machines the simulation models."""
+"""XNNPACK's arithmetic where it is not ONNX Runtime's: the bias codes a PT2E graph's float32 bias becomes, the
+fixed-point add, the mean's multiplier; the machines the simulation models."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from mqbench.backends.xnnpack import INT32_MAX, INT32_MIN, converter_bias_codes, simulation_unsupported
+from mqbench.backends.ort import mlas
+from mqbench.backends.xnnpack import (
+    INT32_MAX,
+    INT32_MIN,
+    add_multipliers,
+    converter_bias_codes,
+    mean_multiplier,
+    simulation_unsupported,
+    xnnpack_add,
+    xnnpack_global_mean,
+)
 
 SCALES = st.floats(min_value=1e-9, max_value=1e-2, allow_nan=False, allow_infinity=False)
 
@@ -32,3 +42,42 @@ def test_the_simulation_models_x86_64_only() -> None:
     assert simulation_unsupported("x86_64") is None and simulation_unsupported("AMD64") is None
     reason = simulation_unsupported("aarch64")
     assert reason is not None and "rndnu" in reason
+
+
+def test_add_multipliers_keep_21_bits_of_the_larger_ratio() -> None:
+    one = torch.tensor(1.0)
+    assert add_multipliers(torch.tensor(0.5), torch.tensor(0.25), one) == (2 ** 20, 2 ** 19, 21)
+    a, b, shift = add_multipliers(torch.tensor(0.3), torch.tensor(1.7), one)
+    assert 2 ** 20 <= b < 2 ** 21 and shift == 20 and a == round(0.30000001192092896 * 2 ** 20)
+
+
+def test_the_add_rounds_half_up_where_onnx_runtime_rounds_half_to_even() -> None:
+    """0.5 * 1 + 0.5 * 0: XNNPACK's fixed point gives 1 (half up), ONNX Runtime's float32 QLinearAdd 0 (half to even)."""
+    half, one = torch.tensor(0.5), torch.tensor(1.0)
+    a, b = torch.tensor([1.0, -1.0, 3.0]), torch.tensor([0.0, 0.0, 0.0])
+    got = xnnpack_add(a, half, 0, b, half, 0, one, 0, qmin=-128, qmax=127)
+    onnx_runtime = mlas.qlinear_add(a, half, 0, b, half, 0, one, 0, qmin=-128, qmax=127)
+    assert got.tolist() == [1.0, 0.0, 2.0] and onnx_runtime.tolist() == [0.0, -0.0, 2.0]
+
+
+@given(a=st.integers(-128, 127), b=st.integers(-128, 127), za=st.integers(-128, 127), zb=st.integers(-128, 127),
+       zy=st.integers(-128, 127), sa=SCALES, sb=SCALES, ratio=st.floats(0.1, 8.0))
+def test_the_add_is_within_one_code_of_the_exact_sum(a: int, b: int, za: int, zb: int, zy: int, sa: float, sb: float,
+                                                      ratio: float) -> None:
+    sy = max(sa, sb) * ratio  # both ratios within XNNPACK's [2**-10, 2**8)
+    sa_, sb_, sy_ = torch.tensor(sa), torch.tensor(sb), torch.tensor(sy)
+    got = xnnpack_add(torch.tensor([float(a)]), sa_, za, torch.tensor([float(b)]), sb_, zb, sy_, zy, qmin=-128, qmax=127)
+    exact = (a - za) * (float(sa_) / float(sy_)) + (b - zb) * (float(sb_) / float(sy_)) + zy
+    assert abs(float(got) - min(max(exact, -128), 127)) <= 1.0
+
+
+def test_the_mean_multiplier_is_not_onnx_runtime_s() -> None:
+    """(s_x / s_y) * (1 / n) and s_x / (s_y * n) in float32 part ways: found by search, one float32 step apart."""
+    sx, sy = torch.tensor(0.08054187148809433), torch.tensor(0.03729814663529396)
+    assert float(mean_multiplier(sx, sy, 49)) == 0.044069528579711914
+    assert float(mlas.pool_multiplier(sx, sy, 49)) == 0.044069524854421616
+    c = torch.full((1, 1, 7, 7), 100.0)
+    c[0, 0, 0, 0] = 90.0  # centred codes summing to 4890: 215.4999... by ONNX Runtime's multiplier, 215.5000... by XNNPACK's
+    got = xnnpack_global_mean(c, sx, sy, -100, qmin=-128, qmax=127)
+    onnx_runtime = mlas.global_average_pool(c, sx, 0, sy, -100, qmin=-128, qmax=127, centered=True)
+    assert float(got) == 216.0 and float(onnx_runtime) == 215.0  # centred codes
