@@ -4,7 +4,8 @@
 
 For each ImageNet MobileNet cell of the runtimes matrix (MobileNetV2 tf2ptq and MobileNetV1 qat-1.0-224; ``minmax``
 w8a8-pc and the model's best w8a8-pt pipeline), every real-kernel runtime's newest record of that cell in the
-leaderboard's environment, sorted by images/s at batch 32 on every core: top-1, agreement with the simulation,
+leaderboard's environment, sorted by images/s at batch 32 on every core: top-1, agreement with the simulation
+(and with the runtime's integer simulation, where one exists),
 batch-1 latency on 1 thread, throughput on 1 thread and on every core, the same runtime's float throughput and the
 speedup over it, the model size. An int8 row slower than its own float is marked, as in the leaderboard.
 """
@@ -22,7 +23,7 @@ CELLS = (("mobilenet_v2", "tf2ptq", "minmax", "w8a8-pc"),
          ("mobilenet_v2", "tf2ptq", "cle+mse+bias_correction", "w8a8-pt"),
          ("mobilenet_v1", "qat-1.0-224", "minmax", "w8a8-pc"),
          ("mobilenet_v1", "qat-1.0-224", "minmax+bias_correction", "w8a8-pt"))
-HEADER = ("runtime", "top-1", "agree %", "b1 ms 1t", "b32 img/s 1t", "b32 img/s 2t", "float b32 img/s 2t",
+HEADER = ("runtime", "top-1", "agree %", "int-sim agree %", "b1 ms 1t", "b32 img/s 1t", "b32 img/s 2t", "float b32 img/s 2t",
           "speedup", "MB", "record")
 
 
@@ -36,7 +37,9 @@ def _line(row: dict[str, Any]) -> str:
         if speedup is not None else ""
     size = row["size_bytes"] / 1e6 if row["size_bytes"] else None
     agree = 100 * row["agreement"] if row["agreement"] is not None else None
-    cells = [f"`{row['backend']}`", _fmt(row["top1"], ".4f"), _fmt(agree, ".2f"), _fmt(row["lat_b1_t1_ms"], ".2f"),
+    exact = 100 * row["agreement_int_sim"] if row["agreement_int_sim"] is not None else None
+    cells = [f"`{row['backend']}`", _fmt(row["top1"], ".4f"), _fmt(agree, ".2f"), _fmt(exact, ".2f"),
+             _fmt(row["lat_b1_t1_ms"], ".2f"),
              _fmt(row["ips_b32_t1"], ".0f"), _fmt(row["ips_b32_tall"], ".0f"), _fmt(row["float_ips_b32_tall"], ".0f"),
              marked, _fmt(size, ".1f"), f"`{row['record']}`"]
     return "| " + " | ".join(cells) + " |"
