@@ -33,10 +33,10 @@ import torch
 from torch import nn
 
 from mqbench import hookimpl
-from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime, w8a8_problem
+from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime
 from mqbench.backends.ort.runtime import cpu_isa
 from mqbench.backends.pt2e import LITERT, pt2e_module, quiet
-from mqbench.backends.xnnpack import XnnpackSimulation, simulation_unsupported
+from mqbench.backends.xnnpack import XnnpackSimulation, scheme_problem, simulation_unsupported
 from mqbench.quant import functional as Q
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
@@ -180,14 +180,7 @@ class LiteRtXnnpack(Runtime):
         return None
 
     def check_scheme(self, scheme: QuantScheme) -> str | None:
-        problem = w8a8_problem(scheme, "LiteRT's int8 kernels")
-        if problem:
-            return problem
-        if not scheme.weight_symmetric:
-            return "LiteRT's int8 convolutions take symmetric weights (zero point 0): drop -asym"
-        if scheme.reduce_range:
-            return "LiteRT stores full 8-bit activations: drop -rr"
-        return None
+        return scheme_problem(scheme, "LiteRT")
 
     def load(self, artifact: Artifact) -> Deployed:
         if artifact.format == FLOAT:

@@ -27,8 +27,10 @@ import math
 import torch
 from torch import fx, nn
 
+from mqbench.backends import w8a8_problem
 from mqbench.backends.ort.integer_sim import Codes, IntegerSimulation, Pending
 from mqbench.quant.qsim import QuantConv2d, QuantLinear, QuantSim, quantized_bias
+from mqbench.schemes import QuantScheme
 
 INT32_MIN, INT32_MAX = -(2 ** 31), 2 ** 31 - 1
 
@@ -90,6 +92,19 @@ def xnnpack_global_mean(c: torch.Tensor, x_scale: torch.Tensor, y_scale: torch.T
     return torch.clamp(v, qmin - y_zero_point, qmax - y_zero_point)
 
 
+def scheme_problem(scheme: QuantScheme, runtime: str) -> str | None:
+    """Why XNNPACK's int8 kernels (under ``runtime``, e.g. "LiteRT") cannot run ``scheme``, or None: 8-bit weights
+    and activations, symmetric weights, full 8-bit activation codes."""
+    problem = w8a8_problem(scheme, f"{runtime}'s XNNPACK int8 kernels")
+    if problem:
+        return problem
+    if not scheme.weight_symmetric:
+        return f"{runtime}'s XNNPACK int8 kernels take symmetric weights (zero point 0): drop -asym"
+    if scheme.reduce_range:
+        return f"{runtime} stores full 8-bit activations: drop -rr"
+    return None
+
+
 class XnnpackSimulation(IntegerSimulation):
     """A calibrated QuantSim in XNNPACK's int8 arithmetic as LiteRT deploys it (module docstring)."""
 
@@ -123,4 +138,5 @@ class XnnpackSimulation(IntegerSimulation):
         return Pending(finish, pending.what)
 
 
-__all__ = ["XnnpackSimulation", "add_multipliers", "converter_bias_codes", "simulation_unsupported", "xnnpack_add"]
+__all__ = ["XnnpackSimulation", "add_multipliers", "converter_bias_codes", "scheme_problem", "simulation_unsupported",
+           "xnnpack_add"]
