@@ -11,8 +11,8 @@ Three things differ, each modelled here:
 * the bias: the PT2E graph holds it as float32 values on its int32 grid (the QuantSim's own fake-quantized bias),
   and litert-torch's converter turns each back into a code as ``round(float64(b) / float64(s_x * s_w))``,
   saturated to int32 (ExecuTorch's lowering gives the same codes). Where the QuantSim's float32 rounding of a bias
-  and ONNX Runtime's float64 one part ways (a code off by one), a code passes float32's 24 bits, or a dead channel's
-  tiny weight scale puts it beyond int32, ONNX Runtime's codes miss 1 to 140 output codes per layer of MobileNetV1;
+  and ONNX Runtime's float64 one part ways (a code off by one) or a code passes float32's 24 bits (off by up to
+  128), ONNX Runtime's codes miss 1 to 140 output codes per layer of MobileNetV1 (both saturate at int32);
 * the residual add is fixed point (``xnn_qs8_vadd_minmax``, :func:`xnnpack_add`): 21-bit multipliers, round half up;
 * the global mean's multiplier is ``float32(s_x / s_y) * float32(1 / n)`` (:func:`mean_multiplier`), one float32
   step from ONNX Runtime's ``s_x / (s_y * n)`` for some scales.
