@@ -26,6 +26,7 @@ from mqbench.backends.ort.integer_sim import Codes, IntegerSimulation, Pending
 from mqbench.backends.ort.runtime import cpu_isa
 from mqbench.backends.pt2e import LITERT, QuantizeDequantize, pt2e_module
 from mqbench.backends.xnnpack import XnnpackSimulation
+from mqbench.quant import functional as Q
 from mqbench.quant.qsim import Quantizer, QuantSim
 
 MODELS = (("mobilenet_v1", "qat-1.0-224"), ("mobilenet_v2", "tf2ptq"))
@@ -45,7 +46,7 @@ def xnnpack_codes(qsim: QuantSim, x: torch.Tensor) -> dict[str, torch.Tensor]:
     interpreter = Interpreter(model_content=convert(module, x, quantized=True), num_threads=2)
     (given,) = interpreter.get_input_details()
     scale, zero_point = given["quantization"]
-    codes = torch.clamp(torch.round(x * (1.0 / torch.tensor(scale))) + zero_point, -128, 127).to(torch.int8)
+    codes = Q.quantize(x, torch.tensor(scale), torch.tensor(zero_point), qmin=-128, qmax=127).to(torch.int8)
     outputs = interpreter.get_signature_runner()(args_0=codes.numpy())  # output_k: the graph's k-th output
     assert len(outputs) == len(names) + 1
     quantizers = dict(qsim.model.named_modules())

@@ -25,10 +25,9 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import fx, nn
 
 from mqbench.backends import w8a8_problem
-from mqbench.backends.ort.integer_sim import Codes, IntegerSimulation, Pending
+from mqbench.backends.ort.integer_sim import Codes, IntegerSimulation
 from mqbench.quant.qsim import QuantConv2d, QuantLinear, QuantSim, quantized_bias
 from mqbench.schemes import QuantScheme
 
@@ -119,23 +118,12 @@ class XnnpackSimulation(IntegerSimulation):
         return converter_bias_codes(bias.detach(), x_scale, w_scale)
 
     @staticmethod
-    def _add(a: Codes, b: Codes, name: str) -> Pending:
-        def finish(scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
-            q = xnnpack_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmin=qmin, qmax=qmax)
-            return q - float(zp) if zp else q
-
-        return Pending(finish, f"add {name}")
+    def _add_codes(a: Codes, b: Codes, scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
+        return xnnpack_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmin=qmin, qmax=qmax)
 
     @staticmethod
-    def _pool(node: fx.Node, module: nn.Module | None, x: Codes) -> Pending:
-        pending = IntegerSimulation._pool(node, module, x)  # checks it is a global mean
-        keep = module is not None or bool(node.kwargs.get("keepdim"))
-
-        def finish(scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
-            out = xnnpack_global_mean(x.c, x.scale, scale, zp, qmin=qmin, qmax=qmax)
-            return out if keep else out.flatten(-2)
-
-        return Pending(finish, pending.what)
+    def _mean_codes(x: Codes, scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
+        return xnnpack_global_mean(x.c, x.scale, scale, zp, qmin=qmin, qmax=qmax)
 
 
 __all__ = ["XnnpackSimulation", "add_multipliers", "converter_bias_codes", "scheme_problem", "simulation_unsupported",

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -119,6 +120,26 @@ def test_adaround_recovers_4_bit_mobilenet_v2(env: dict[str, str], tmp_path: Pat
 
 
 
+def _minmax_qsim(runtime: Any, model: str, weights: str, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Any, Any]:
+    """``model`` calibrated for ``runtime`` with minmax w8a8-pc on 128 calib-1000 images; the workspace and its
+    preprocessing, to read test images with."""
+    from mqbench.data.paths import DATA_ENV
+    from mqbench.harness import Workspace
+    from mqbench.plugins import get_plugins
+    from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
+    from mqbench.schemes import parse_scheme
+
+    monkeypatch.setenv(DATA_ENV, str(DATA))
+    ws = Workspace(get_plugins())
+    preprocess = ws.plugins.models.get(model).get_weights(weights).preprocess
+    float_model, _ = ws.float_model(model, weights)
+    qsim = runtime.quantsim(float_model, parse_scheme("w8a8-pc"))
+    calibrate_weights(qsim, minmax_observer)
+    calibrate_activations(qsim, ws.split("imagenet", "calib", 128, preprocess), minmax_observer)
+    qsim.eval()
+    return qsim, ws, preprocess
+
+
 @pytest.mark.parametrize(("model", "weights"), [("mobilenet_v2", "tf2ptq"), ("mobilenet_v1", "qat-1.0-224")])
 def test_the_integer_simulation_predicts_onnx_runtime_on_every_image(model: str, weights: str,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
@@ -130,23 +151,11 @@ def test_the_integer_simulation_predicts_onnx_runtime_on_every_image(model: str,
     from mqbench.backends.ort import mlas
     from mqbench.backends.ort.integer_sim import IntegerSimulation
     from mqbench.backends.ort.runtime import OrtQDQ, cpu_isa
-    from mqbench.data.paths import DATA_ENV
-    from mqbench.harness import Workspace
-    from mqbench.plugins import get_plugins
-    from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
-    from mqbench.schemes import parse_scheme
 
     if mlas.supported_isa(cpu_isa()) is not None:
         pytest.skip(str(mlas.supported_isa(cpu_isa())))
-    monkeypatch.setenv(DATA_ENV, str(DATA))
-    ws = Workspace(get_plugins())
-    preprocess = ws.plugins.models.get(model).get_weights(weights).preprocess
-    float_model, _ = ws.float_model(model, weights)
     backend = OrtQDQ(threads=2)
-    qsim = backend.quantsim(float_model, parse_scheme("w8a8-pc"))
-    calibrate_weights(qsim, minmax_observer)
-    calibrate_activations(qsim, ws.split("imagenet", "calib", 128, preprocess), minmax_observer)
-    qsim.eval()
+    qsim, ws, preprocess = _minmax_qsim(backend, model, weights, monkeypatch)
     deployed, exact = backend.deploy(qsim), IntegerSimulation(qsim)
     for images, _ in ws.split("imagenet", "test", 128, preprocess).batches(64):
         assert torch.equal(exact(images), deployed(images))
@@ -163,22 +172,10 @@ def test_the_xnnpack_simulation_predicts_litert_and_executorch_on_mobilenet_v1(m
     from mqbench.backends.litert import LiteRtXnnpack
     from mqbench.backends.ort.integer_sim import IntegerSimulation
     from mqbench.backends.xnnpack import XnnpackSimulation, simulation_unsupported
-    from mqbench.data.paths import DATA_ENV
-    from mqbench.harness import Workspace
-    from mqbench.plugins import get_plugins
-    from mqbench.quant.calibration import calibrate_activations, calibrate_weights, minmax_observer
-    from mqbench.schemes import parse_scheme
 
     if simulation_unsupported() is not None:
         pytest.skip(str(simulation_unsupported()))
-    monkeypatch.setenv(DATA_ENV, str(DATA))
-    ws = Workspace(get_plugins())
-    preprocess = ws.plugins.models.get("mobilenet_v1").get_weights("qat-1.0-224").preprocess
-    float_model, _ = ws.float_model("mobilenet_v1", "qat-1.0-224")
-    qsim = LiteRtXnnpack().quantsim(float_model, parse_scheme("w8a8-pc"))
-    calibrate_weights(qsim, minmax_observer)
-    calibrate_activations(qsim, ws.split("imagenet", "calib", 128, preprocess), minmax_observer)
-    qsim.eval()
+    qsim, ws, preprocess = _minmax_qsim(LiteRtXnnpack(), "mobilenet_v1", "qat-1.0-224", monkeypatch)
     images = next(iter(ws.split("imagenet", "test", 32, preprocess).batches(32)))[0]
     with torch.no_grad():
         exact, onnx_runtime = XnnpackSimulation(qsim)(images), IntegerSimulation(qsim, signed_activations=True)(images)

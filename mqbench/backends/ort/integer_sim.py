@@ -323,17 +323,19 @@ class IntegerSimulation(nn.Module):
 
         return Pending(finish, f"layer {name}")
 
-    @staticmethod
-    def _add(a: Codes, b: Codes, name: str) -> Pending:
+    def _add(self, a: Codes, b: Codes, name: str) -> Pending:
         def finish(scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
-            q = mlas.qlinear_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmin=qmin,
-                                 qmax=qmax)
+            q = self._add_codes(a, b, scale, zp, qmin, qmax)
             return q - float(zp) if zp else q
 
         return Pending(finish, f"add {name}")
 
     @staticmethod
-    def _pool(node: fx.Node, module: nn.Module | None, x: Codes) -> Pending:
+    def _add_codes(a: Codes, b: Codes, scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
+        """The add's output codes (not centred): ONNX Runtime's QLinearAdd."""
+        return mlas.qlinear_add(a.q, a.scale, a.zero_point, b.q, b.scale, b.zero_point, scale, zp, qmin=qmin, qmax=qmax)
+
+    def _pool(self, node: fx.Node, module: nn.Module | None, x: Codes) -> Pending:
         global_pool = (isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1))) or (
             module is None and node.target in (torch.mean, "mean") and tuple(node.args[1:2]) in (((-1, -2),), ((2, 3),),
                                                                                               ((-2, -1),)))
@@ -342,10 +344,15 @@ class IntegerSimulation(nn.Module):
 
         def finish(scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
             # sum(q) - zp_x * N is sum(c), exactly
-            out = mlas.global_average_pool(x.c, x.scale, 0, scale, zp, qmin=qmin, qmax=qmax, centered=True)
+            out = self._mean_codes(x, scale, zp, qmin, qmax)
             return out if module is not None or node.kwargs.get("keepdim") else out.flatten(-2)
 
         return Pending(finish, f"pool {node.name}")
+
+    @staticmethod
+    def _mean_codes(x: Codes, scale: torch.Tensor, zp: int, qmin: int, qmax: int) -> torch.Tensor:
+        """The global mean's centred output codes (kept 1x1): ONNX Runtime's QLinearGlobalAveragePool."""
+        return mlas.global_average_pool(x.c, x.scale, 0, scale, zp, qmin=qmin, qmax=qmax, centered=True)
 
     def _passthrough(self, node: fx.Node, module: nn.Module | None, args: Any, kwargs: Any) -> Any:
         codes = next((a for a in args if isinstance(a, Codes)), None)
