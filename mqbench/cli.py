@@ -105,7 +105,8 @@ def _describe(kind: str, item: Any) -> dict[str, Any]:
                  unavailable=item.unavailable())
     elif kind == "toolkits":
         d.update(output_format=item.output_format, version=item.version, unavailable=item.unavailable(),
-                 recipes={name: {"description": r.description, "config": r.config.to_dict()}
+                 recipes={name: {"description": r.description, "config": r.config.to_dict(),
+                                 "output_format": item.format_of(name)}
                           for name, r in item.recipes.items()})
     elif kind == "datasets":
         d.update(num_classes=item.num_classes, image_size=item.image_size)
@@ -138,8 +139,10 @@ def cmd_list(args: argparse.Namespace, plugins: Plugins) -> int:
             elif kind == "models":
                 extra = f" (weights: {', '.join(item['weights'])})"
             elif kind == "toolkits":
-                recipes = ", ".join(f"{item['name']}:{recipe}" for recipe in item["recipes"])
-                extra = f" (recipes: {recipes}; writes {item['output_format']})"
+                formats = {r["output_format"] for r in item["recipes"].values()}
+                recipes = ", ".join(f"{item['name']}:{name}" + (f" writes {r['output_format']}" if len(formats) > 1 else "")
+                                    for name, r in item["recipes"].items())
+                extra = f" (recipes: {recipes}" + (f"; writes {formats.pop()})" if len(formats) == 1 else ")")
             elif kind == "runtimes":
                 extra = f" (runs: {', '.join(item['formats'])})"
             if kind in ("toolkits", "runtimes") and item["unavailable"]:

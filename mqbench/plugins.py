@@ -64,6 +64,8 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.backends.null",
     "mqbench.backends.ort.toolkit",
     "mqbench.backends.torch_ao.toolkit",
+    "mqbench.toolkits.nncf",
+    "mqbench.toolkits.pt2e",
     "mqbench.metrics.accuracy",
     "mqbench.suites",
 )

@@ -39,6 +39,9 @@ class Artifact:
     format: str
     payload: Any
     info: Mapping[str, Any] = field(default_factory=dict)
+    # A toolkit's own simulation of what it made (inputs -> logits), where it has one: the cell's ``sim``, and the
+    # deployed model's agreement is measured against it (None: no simulated accuracy, no agreement).
+    simulation: Deployed | None = None
 
 
 class Runtime:

@@ -30,7 +30,7 @@ from torch import nn
 from mqbench import hookimpl
 from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime
 from mqbench.backends.ort.runtime import cpu_isa
-from mqbench.backends.pt2e import XNNPACK, duplicate_dequantize, pt2e_module, quiet
+from mqbench.backends.pt2e import PT2E_XNNPACK, XNNPACK, duplicate_dequantize, pt2e_module, quiet
 from mqbench.backends.xnnpack import XnnpackSimulation, scheme_problem, simulation_unsupported
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
@@ -146,7 +146,7 @@ class ExecuTorchModel:
 class ExecuTorchXnnpack(Runtime):
     name = "executorch-xnnpack"
     description = "ExecuTorch runtime, XNNPACK delegate (int8 asymmetric activations, symmetric int8 weights)"
-    formats = frozenset({FLOAT, QUANTSIM})
+    formats = frozenset({FLOAT, QUANTSIM, PT2E_XNNPACK})
     packages: ClassVar[tuple[str, ...]] = ("executorch",)
 
     def __init__(self, threads: int | None = None) -> None:
@@ -167,6 +167,8 @@ class ExecuTorchXnnpack(Runtime):
             return ExecuTorchModel(artifact.payload.eval(), self.threads)
         if artifact.format == QUANTSIM:
             return ExecuTorchModel(pt2e_module(artifact.payload, XNNPACK), self.threads)
+        if artifact.format == PT2E_XNNPACK:  # the pt2e toolkit's graph, as its quantizer wrote it
+            return ExecuTorchModel(artifact.payload, self.threads)
         raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
 
     def integer_simulation(self, qsim: Any) -> Deployed | None:

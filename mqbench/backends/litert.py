@@ -35,7 +35,7 @@ from torch import nn
 from mqbench import hookimpl
 from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime
 from mqbench.backends.ort.runtime import cpu_isa
-from mqbench.backends.pt2e import LITERT, pt2e_module, quiet
+from mqbench.backends.pt2e import LITERT, PT2E_LITERT, pt2e_module, quiet
 from mqbench.backends.xnnpack import XnnpackSimulation, scheme_problem, simulation_unsupported
 from mqbench.quant import functional as Q
 from mqbench.registry import Registry
@@ -60,7 +60,8 @@ def convert(module: nn.Module, example: torch.Tensor, quantized: bool) -> bytes:
         if quantized:  # the quantizer only tells the converter the graph holds static q/dq pairs; nothing is annotated
             config = QuantConfig(pt2e_quantizer=PT2EQuantizer().set_global(get_symmetric_quantization_config()))
         os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # its per-pass console lines; mqbench reports progress
-        return bytes(litert_torch.convert(module.eval(), (example,), quant_config=config).model_content())
+        module.eval()  # not chained: an exported graph's eval() (allow_exported_model_train_eval) returns None
+        return bytes(litert_torch.convert(module, (example,), quant_config=config).model_content())
 
 
 def executed_ops(ops: list[dict[str, Any]], outputs: list[int]) -> list[dict[str, Any]]:
@@ -165,7 +166,7 @@ class LiteRtModel:
 class LiteRtXnnpack(Runtime):
     name = "litert-xnnpack"
     description = "LiteRT interpreter, XNNPACK delegate (int8 .tflite from litert-torch: int8 activations, symmetric weights)"
-    formats = frozenset({FLOAT, QUANTSIM})
+    formats = frozenset({FLOAT, QUANTSIM, PT2E_LITERT})
     packages: ClassVar[tuple[str, ...]] = ("ai-edge-litert", "litert-torch")
 
     def __init__(self, threads: int | None = None) -> None:
@@ -187,6 +188,8 @@ class LiteRtXnnpack(Runtime):
             return LiteRtModel(artifact.payload.eval(), False, self.threads)
         if artifact.format == QUANTSIM:
             return LiteRtModel(pt2e_module(artifact.payload, LITERT), True, self.threads)
+        if artifact.format == PT2E_LITERT:  # the pt2e toolkit's graph, as its quantizer wrote it
+            return LiteRtModel(artifact.payload, True, self.threads)
         raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
 
     def integer_simulation(self, qsim: Any) -> Deployed | None:

@@ -41,6 +41,11 @@ from mqbench.layers import ChannelClippedReLU, tf_same_pad
 from mqbench.quant import functional as Q
 from mqbench.quant.qsim import QuantConv2d, Quantizer, QuantLinear, QuantSim, quantized_bias
 
+# Artifact formats of the ``pt2e`` toolkit (mqbench/toolkits/pt2e.py): a GraphModule as ``convert_pt2e`` leaves it,
+# annotated by one runtime's own PT2E quantizer, run by that runtime.
+PT2E_X86_INDUCTOR = "pt2e[x86_inductor]"  # torchao's X86InductorQuantizer (uint8 activations): torchao-x86
+PT2E_XNNPACK = "pt2e[xnnpack]"  # ExecuTorch's XNNPACKQuantizer (int8 activations): executorch-xnnpack
+PT2E_LITERT = "pt2e[litert]"  # litert-torch's PT2EQuantizer, convert_pt2e(fold_quantize=False): litert-xnnpack
 SIGNED_SHIFT = 128  # uint8 code - 128 = int8 code
 
 

@@ -48,6 +48,7 @@ from mqbench import hookimpl
 from mqbench.backends import FLOAT, QUANTSIM, Artifact, Deployed, Runtime, w8a8_problem
 from mqbench.backends.ort.runtime import cpu_isa
 from mqbench.backends.pt2e import (
+    PT2E_X86_INDUCTOR,
     X86_INDUCTOR,
     DequantizedWeightLayer,
     Pt2eChannelClip,
@@ -255,7 +256,7 @@ class TorchaoX86(Runtime):
     name = "torchao-x86"
     description = ("torchao PT2E + torch.compile (Inductor) on x86: oneDNN int8 kernels, uint8 activations, "
                    "symmetric int8 weights per channel")
-    formats = frozenset({FLOAT, QUANTSIM})
+    formats = frozenset({FLOAT, QUANTSIM, PT2E_X86_INDUCTOR})
     packages: ClassVar[tuple[str, ...]] = ("torchao",)
 
     def unavailable(self) -> str | None:
@@ -282,6 +283,8 @@ class TorchaoX86(Runtime):
             return InductorModel(artifact.payload.eval(), quantized=False)
         if artifact.format == QUANTSIM:
             return InductorModel(pt2e_module(artifact.payload, X86_INDUCTOR), quantized=True)
+        if artifact.format == PT2E_X86_INDUCTOR:  # the pt2e toolkit's graph, as its quantizer wrote it
+            return InductorModel(artifact.payload, quantized=True)
         raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
 
     def integer_simulation(self, qsim: Any) -> Deployed | None:

@@ -91,12 +91,16 @@ def float_flow(run: CellRun) -> None:
 
 
 def toolkit_flow(run: CellRun) -> None:
-    """A toolkit's own quantizer on the float model (its whole cost is ``calibrate:<toolkit>``), deployed."""
+    """A toolkit's own quantizer on the float model (its whole cost is ``calibrate:<toolkit>``), deployed; its own
+    simulation of the result evaluated as ``sim`` where it has one."""
     recipe = run.cell.quantizer
     assert isinstance(recipe, ToolkitRecipe)
     with run.timer(f"calibrate:{recipe.toolkit.name}"):
         artifact = recipe.toolkit.quantize(run.model, run.cell.scheme, run.calib, recipe.config, run.ws.reporter)
     run.record["artifact"] = {"format": artifact.format, **dict(artifact.info)}
+    if artifact.simulation is not None:  # the toolkit's own simulation: the row's sim accuracy and agreement
+        with run.timer("evaluate_sim"):
+            run.evaluate("sim", artifact.simulation, f"{recipe.toolkit.name} simulation")
     with run.timer("convert"):
         run.deployed = run.cell.runtime.load(artifact)
     with run.timer("evaluate_deployed"):

@@ -227,7 +227,7 @@ class ToolkitRecipe:
 
     @property
     def output_format(self) -> str:
-        return self.toolkit.output_format
+        return self.toolkit.format_of(self.recipe)
 
     def trainers(self) -> list[str]:
         return []

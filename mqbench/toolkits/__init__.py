@@ -6,11 +6,14 @@ plugin kind of its own (``mqbench_register_toolkits``): it names its recipes, ea
 :class:`RecipeConfig` (stored in every record, overridable as ``ort:minmax(calib_batch=16)``), quantizes the
 float model on the cell's calibration images with its own API, and hands the result on as an
 :class:`~mqbench.backends.Artifact` of the format it names (:attr:`Toolkit.output_format`). Any runtime that
-runs that format deploys it; one that does not is a skipped cell with the reason.
+runs that format deploys it; one that does not is a skipped cell with the reason. A recipe may write a format of
+its own (:attr:`Recipe.output_format`, :meth:`Toolkit.format_of`).
 
-Nothing of mqbench's QuantSim is involved in a toolkit's row: it has no simulated accuracy, no agreement
-with a simulation and no layer-wise analysis, and its whole quantization (export, calibration, writing the
-model) is the cell's ``calibrate:<toolkit>`` time.
+Nothing of mqbench's QuantSim is involved in a toolkit's row and it has no layer-wise analysis; its whole
+quantization (export, calibration, writing the model) is the cell's ``calibrate:<toolkit>`` time. Where the toolkit
+has its own simulation of what it made (a QDQ file run unfused, a PT2E graph run by PyTorch), the artifact carries
+it (:attr:`~mqbench.backends.Artifact.simulation`): the row's ``sim`` accuracy, and the deployed model's agreement
+with it.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ class Recipe:
     name: str
     description: str
     config: RecipeConfig
+    output_format: str = ""  # the Artifact format this recipe writes, where it is not the toolkit's
 
 
 class Toolkit:
@@ -63,6 +67,10 @@ class Toolkit:
     def recipe(self, name: str) -> Recipe:
         """The recipe called ``name``; KeyError when there is none (the harness words the error)."""
         return self.recipes[name]
+
+    def format_of(self, recipe: str) -> str:
+        """The artifact format ``recipe`` writes (its own, else the toolkit's :attr:`output_format`)."""
+        return self.recipe(recipe).output_format or self.output_format
 
     def make_config(self, recipe: str, overrides: dict[str, Any]) -> RecipeConfig:
         """The recipe's config with ``overrides``; ValueError on an unknown parameter or a wrong type."""

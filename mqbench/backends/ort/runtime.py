@@ -59,6 +59,26 @@ def make_session(model: Any, threads: int, optimized_path: str | None = None,
     return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
+class QdqReference:
+    """A QDQ ONNX model run as its operators say, nothing fused: ONNX Runtime with graph optimizations off, so each
+    ``QuantizeLinear``/``DequantizeLinear`` is computed as written and every other operator in float32. What the
+    file means (its fake-quant simulation), the ``sim`` of a toolkit row whose output is QDQ ONNX."""
+
+    def __init__(self, proto: Any, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        options.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
+        options.log_severity_level = 3
+        self.session = ort.InferenceSession(proto.SerializeToString(), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, inputs: torch.Tensor) -> torch.Tensor:
+        out = self.session.run(None, {self.input: inputs.detach().float().contiguous().numpy()})[0]
+        return torch.from_numpy(out)
+
+
 def session_and_summary(model: Any, threads: int,
                         config: Mapping[str, str] | None = None) -> tuple[Any, dict[str, Any]]:
     """A session (:func:`make_session`) and :func:`op_summary` of the graph it optimised and runs."""
@@ -143,6 +163,7 @@ class OnnxRuntime(Runtime):
     the same runtime, and the runtime facts recorded with each cell."""
 
     packages = ("onnxruntime",)
+    session_config: ClassVar[Mapping[str, str]] = {}  # ONNX Runtime session options of every model it runs
 
     def __init__(self, threads: int | None = None) -> None:
         self.threads = threads or len(os.sched_getaffinity(0))
@@ -166,7 +187,7 @@ class OnnxRuntime(Runtime):
             return self.load_quantsim(artifact.payload)
         if artifact.format == ONNX_QDQ:
             proto = artifact.payload
-            return OnnxModel(lambda example: proto, self.threads)  # built already, dynamic batch size
+            return OnnxModel(lambda example: proto, self.threads, self.session_config)  # built already, dynamic batch
         raise ValueError(f"{self.name} cannot load a {artifact.format} artifact")
 
     def load_quantsim(self, qsim: QuantSim) -> Deployed:
@@ -218,7 +239,7 @@ class OrtQDQS8S8(OrtQDQ):
 
     name = "ort-qdq-s8s8"
     description = "ONNX Runtime CPU int8 kernels, QDQ ONNX with int8 activations (S8S8, session.qdqisint8allowed=1)"
-    formats = frozenset({FLOAT, QUANTSIM})
+    formats = frozenset({FLOAT, QUANTSIM, ONNX_QDQ})  # a toolkit's QDQ model runs with int8 groups allowed too
     activation_type = "int8"
     session_config: ClassVar[Mapping[str, str]] = {"session.qdqisint8allowed": "1"}
 

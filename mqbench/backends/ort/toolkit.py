@@ -13,7 +13,8 @@ grow with the number of images. The whole of it (export,
 pre-processing, calibration, writing the model) is the cell's ``calibrate:ort`` time. (The first wave
 called this row the ``ort-default`` backend; its records are read as ``ort:minmax`` on ``ort-qdq``.)
 
-Nothing of mqbench's QuantSim is involved, so the row has no simulated accuracy and no agreement.
+Nothing of mqbench's QuantSim is involved; the row's ``sim`` is the QDQ model as its operators say (ONNX Runtime
+with graph optimizations off), and its agreement measures what the runtime's fusions change.
 """
 
 from __future__ import annotations
@@ -146,7 +147,11 @@ class OrtToolkit(Toolkit):
                  reporter: Reporter) -> Artifact:
         assert isinstance(config, OrtRecipe)
         proto = quantize_with_ort(model, scheme, calib, config, reporter)
-        return Artifact(ONNX_QDQ, proto, {"tool": "onnxruntime.quantization.quantize_static"})
+        from mqbench.backends.ort.runtime import QdqReference
+
+        return Artifact(ONNX_QDQ, proto, {"tool": "onnxruntime.quantization.quantize_static",
+                                          "simulation": "the QDQ model, unfused (ONNX Runtime, optimizations off)"},
+                        simulation=QdqReference(proto))
 
     def info(self) -> dict[str, Any]:
         if self.unavailable():
