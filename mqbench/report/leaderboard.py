@@ -37,7 +37,7 @@ FIELDS = ("suite", "dataset", "model", "weights", "environment", "runtime_versio
           "best_in_scheme", "sim_top1", "agreement", "logit_sqnr_db", "int_sim_top1", "agreement_int_sim", "method_s",
           "note", "record",
           "lat_b1_t1_ms", "lat_b1_tall_ms", "ips_b32_t1", "ips_b32_tall", "float_ips_b32_tall", "speedup_b32_tall",
-          "size_bytes", "cores")
+          "size_bytes", "cores", "toolkit_row", "mqbench_best", "p_vs_mqbench_best", "calib_n")
 METHOD_STAGES = ("transform:", "calibrate:", "refine:")
 ALPHA = 0.05
 
@@ -150,6 +150,7 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
                              or {}).get("value"),
             "agreement_int_sim": (r.get("agreement_integer_sim") or {}).get("top1_agreement"),
             "record": Path(r.get("_path", "")).name, "n_config": c.get("eval_limit"),
+            "calib_n": ((r.get("data") or {}).get("calib") or {}).get("size"),
             "_images": ((r.get("data") or {}).get("eval") or {}).get("fingerprint"), "_outcomes": None,
             "_harness_only": bool(((r.get("plugins") or {}).get("backend") or {}).get("info", {}).get("harness_only")),
             **_latency_fields(r),
@@ -182,12 +183,37 @@ def rows_from_records(records: Sequence[dict[str, Any]]) -> list[dict[str, Any]]
                 row["best_in_scheme"] = True
             else:
                 row["p_vs_best"] = _paired_p(row, leader)
+    _against_mqbench_best(rows)
     rows.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), str(r["weights"]), r["environment"],
                              r["pipeline"] != "fp32",
                              str(r["pipeline"]), str(r["scheme"]), str(r["backend"]), r["seed"] or 0))
     for row in rows:
         del row["n_config"], row["_images"], row["_outcomes"], row["_harness_only"]
     return rows
+
+
+def is_toolkit(pipeline: str | None) -> bool:
+    """Whether a row's quantizer is a toolkit recipe (``toolkit:recipe``) rather than an mqbench pipeline."""
+    return ":" in str(pipeline or "").partition("(")[0]
+
+
+def _against_mqbench_best(rows: list[dict[str, Any]]) -> None:
+    """Each toolkit row against mqbench's most accurate pipeline on the same model, scheme and runtime: that pipeline
+    (``mqbench_best``) and McNemar's p between the two (``p_vs_mqbench_best``)."""
+    best: dict[tuple[Any, ...], dict[str, Any]] = {}
+    for row in rows:
+        row.update(toolkit_row=is_toolkit(row["pipeline"]), mqbench_best=None, p_vs_mqbench_best=None)
+        if row["top1"] is None or row["toolkit_row"] or row["pipeline"] == "fp32" or row["_harness_only"]:
+            continue
+        key = (*_group_key(row), row["scheme"], row["backend"])
+        if key not in best or row["top1"] > best[key]["top1"]:
+            best[key] = row
+    for row in rows:
+        leader = best.get((*_group_key(row), row["scheme"], row["backend"]))
+        if row["toolkit_row"] and leader is not None:
+            row["mqbench_best"] = leader["pipeline"]
+            if row["top1"] is not None:
+                row["p_vs_mqbench_best"] = _paired_p(row, leader)
 
 
 def _slower_than_float(row: dict[str, Any], float_ops: dict[str, int]) -> str:

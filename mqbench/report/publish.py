@@ -157,6 +157,98 @@ def _latency_table(anchor: str, group: Sequence[dict[str, Any]]) -> Table | None
     return Table(anchor, "Latency", header, rows)
 
 
+TOOLKITS_TEXT = (
+    "Other projects' quantizers, each running its own recipe (`toolkit:recipe`, `mqbench list toolkits`) on the same "
+    "float weights, the same calibration images and the same evaluation images as mqbench's pipelines, deployed on the "
+    "runtimes their output runs on, ranked against mqbench's most accurate pipeline on that runtime and scheme "
+    "(`mqbench: <pipeline>`). `vs mqbench`: exact McNemar test against that row on the same images. `toolkit sim`: the "
+    "toolkit's own simulation of what it made (a QDQ file run unfused; a PT2E graph run by PyTorch) and `agree %` the "
+    "deployed model's top-1 agreement with it; for mqbench's row, its QuantSim. `calib s`: the whole quantization "
+    "(export, calibration, writing the model; for mqbench's row its transform, calibrate and refine steps). `ran in "
+    "float`: compute operators the runtime ran on float operands, from the record's deployment.")
+
+
+def _float_ops(note: str) -> str:
+    """The ``float ops: ...`` part of a row's note, and a SLOWER THAN FLOAT flag."""
+    parts = [p.strip() for p in note.split(";")]
+    return "; ".join(p for p in parts if p.startswith(("float ops:", "SLOWER THAN FLOAT")))
+
+
+def _vs_mqbench(row: dict[str, Any], delta: float) -> Cell:
+    """A toolkit row against mqbench's best on its runtime (``delta``: its top-1 minus that row's)."""
+    if not row["toolkit_row"]:
+        return Cell("mqbench's best here", 2.0)
+    p, best = row["p_vs_mqbench_best"], row["mqbench_best"]
+    if p is None or best is None:
+        return Cell("", None)
+    shown = f"p={p:.2g}" if p > 0 else "p<1e-300"
+    if p >= leaderboard.ALPHA:
+        return Cell(f"≈ mqbench ({shown})", p)
+    return Cell(f"{'>' if delta > 0 else '<'} mqbench ({shown})", p)
+
+
+def _toolkit_rows(group: Sequence[dict[str, Any]]) -> list[list[tuple[dict[str, Any], float]]]:
+    """Per (scheme, runtime) holding a toolkit row: its toolkit rows and mqbench's best pipeline there, best first,
+    each with its top-1 minus that pipeline's (0 where there is none)."""
+    blocks: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in group:
+        if r["toolkit_row"] and r["status"] != "skipped":
+            blocks.setdefault((str(r["scheme"]), str(r["backend"])), []).append(r)
+    out = []
+    for (scheme, backend), kit_rows in sorted(blocks.items()):
+        names = {r["mqbench_best"] for r in kit_rows if r["mqbench_best"]}
+        ours = [r for r in group if r["pipeline"] in names and r["scheme"] == scheme and r["backend"] == backend
+                and not r["toolkit_row"]]
+        block = sorted(kit_rows + ours[:1], key=lambda r: -(r["top1"] if r["top1"] is not None else -1.0))
+        theirs = ours[0]["top1"] if ours else None
+        out.append([(r, r["top1"] - theirs if theirs is not None and r["top1"] is not None else 0.0) for r in block])
+    return out
+
+
+def _toolkits_table(anchor: str, group: Sequence[dict[str, Any]]) -> Table | None:
+    blocks = _toolkit_rows(group)
+    if not blocks:
+        return None
+    header = ["scheme", "runtime", "rank", "quantizer", "top-1 % [95% CI]", "Δ top-1 vs fp32", "vs mqbench",
+              "toolkit sim top-1 %", "agree %", "calib s", "b32 img/s", "speedup", "ran in float", "record"]
+    rows = []
+    for block in blocks:
+        for rank, (r, delta) in enumerate(block, 1):
+            name = r["pipeline"] if r["toolkit_row"] else f"mqbench: {r['pipeline']}"
+            status = "" if r["status"] == "ok" else f"FAILED ({r['note']})"
+            rows.append([Cell(r["scheme"]), Cell(r["backend"]), Cell(str(rank), rank), Cell(name),
+                         Cell(leaderboard._ci(r, "top1") or status, _num(r["top1"])),
+                         Cell(leaderboard._sig(r), _num(r["delta_top1"])), _vs_mqbench(r, delta),
+                         _pct_cell(r["sim_top1"]), _pct_cell(r["agreement"]),
+                         Cell(leaderboard._seconds(r["method_s"]), _num(r["method_s"])),
+                         Cell("" if r["ips_b32_tall"] is None else f"{r['ips_b32_tall']:.0f}", _num(r["ips_b32_tall"])),
+                         Cell("" if r["speedup_b32_tall"] is None else f"{r['speedup_b32_tall']:.2f}x",
+                              _num(r["speedup_b32_tall"])),
+                         Cell(_float_ops(str(r["note"] or ""))), Cell("record", r["record"], f"records/{r['record']}")])
+    return Table(anchor, "Toolkits against mqbench's best pipeline, per runtime", header, rows)
+
+
+def _toolkits_sections(groups: dict[tuple[str, ...], list[dict[str, Any]]]) -> list[Section]:
+    """The ``Toolkits`` section: one table per model holding toolkit rows (ImageNet first)."""
+    by_model: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for (_, dataset, model, weights, env), group in groups.items():
+        by_model.setdefault((dataset, model, weights, env), []).extend(group)
+    out: list[Section] = []
+    for (dataset, model, weights, env), group in sorted(by_model.items(), key=lambda kv: (kv[0][0] != "imagenet", kv[0])):
+        anchor = _slug("toolkits", model, weights, dataset)
+        table = _toolkits_table(f"{anchor}-table", group)
+        if table is None:
+            continue
+        calib = sorted({str(r["calib_n"]) for r in group if r["toolkit_row"] and r["calib_n"]})
+        n = sorted({str(r["n"]) for r in group if r["toolkit_row"] and r["n"]})
+        out.append(Section(3, f"{model} ({weights}) on {dataset}", anchor,
+                           [f"Every row: {', '.join(calib) or '?'} calibration images, {', '.join(n) or '?'} evaluation "
+                            f"images; {env}."], [table]))
+    if out:
+        out.insert(0, Section(2, "Toolkits", "toolkits", [TOOLKITS_TEXT]))
+    return out
+
+
 def _error_table(anchor: str, errors: Sequence[dict[str, Any]]) -> Table | None:
     if not errors:
         return None
@@ -251,6 +343,7 @@ def build_page(loaded: LoadResult, load_detail: Callable[[dict[str, Any]], Any] 
     envs_per_model: dict[tuple[str, ...], list[str]] = {}
     for suite, dataset, model, weights, env in groups:
         envs_per_model.setdefault((suite, dataset, model, weights), []).append(env)
+    sections.extend(_toolkits_sections(groups))
     for suite in sorted({k[0] for k in groups}):
         sections.append(Section(2, f"Suite {suite}", _slug("suite", suite)))
         for key in sorted(k for k in groups if k[0] == suite):

@@ -173,3 +173,20 @@ def test_error_accumulation_table_from_analysed_records_only() -> None:
     js = json.loads(leaderboard.render_json(loaded))
     assert [r["final_sqnr_db"] for r in js["error_accumulation"]] == [150.0, -3.71]
     assert "Error accumulation" not in leaderboard.render_markdown(LoadResult(records=[plain]))
+
+
+def test_a_toolkit_row_is_ranked_against_mqbenchs_best_pipeline_on_its_own_runtime() -> None:
+    base = [True] * 80 + [False] * 20
+    worse = [True] * 50 + [False] * 50
+    records = [_with_outcomes(rec("minmax", "w8a8-pc", 0.79, "2026-01-01T00:00:01"), base),
+               _with_outcomes(rec("cle", "w8a8-pc", 0.5, "2026-01-01T00:00:02"), worse),
+               _with_outcomes(rec("nncf:performance", "w8a8-pc", 0.5, "2026-01-01T00:00:03"), worse),
+               _with_outcomes(rec("ort:minmax", "w8a8-pc", 0.8, "2026-01-01T00:00:04"), base)]
+    other = _with_outcomes(rec("percentile", "w8a8-pc", 0.99, "2026-01-01T00:00:05"), [True] * 100)
+    other["config"]["backend"] = "ort-qdq"  # another runtime's pipeline is not this runtime's best
+    rows = {r["pipeline"]: r for r in leaderboard.rows_from_records([*records, other])}
+    assert rows["nncf:performance"]["toolkit_row"] and not rows["cle"]["toolkit_row"]
+    assert rows["nncf:performance"]["mqbench_best"] == "minmax" and rows["nncf:performance"]["p_vs_mqbench_best"] < 1e-6
+    assert rows["ort:minmax"]["mqbench_best"] == "minmax" and rows["ort:minmax"]["p_vs_mqbench_best"] == 1.0
+    assert rows["minmax"]["mqbench_best"] is None and leaderboard.is_toolkit("pt2e:xnnpack(calib_batch=8)")
+    assert not leaderboard.is_toolkit("percentile(percentile=99.9)")

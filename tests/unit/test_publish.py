@@ -154,3 +154,24 @@ def test_the_page_is_self_contained_with_sortable_filterable_tables(tmp_path: Pa
     table = page.split('class="sortable"')[1].split("</table>")[0]
     assert table.count("<tr>") == 1 + len(RECORDS)  # header + one row per record
     assert 'data-sort="0.074"' in table and 'data-type="num"' in table
+
+
+def test_the_toolkits_section_ranks_each_runtimes_rows_with_mqbenchs_best_there(tmp_path: Path) -> None:
+    records = [rec("fp32", "fp32", 0.79, "2026-01-01T00:00:01.000001+00:00", backend="openvino"),
+               rec("minmax", "w8a8-pc", 0.78, "2026-01-01T00:00:02.000001+00:00", backend="openvino"),
+               rec("cle", "w8a8-pc", 0.70, "2026-01-01T00:00:03.000001+00:00", backend="openvino"),
+               rec("nncf:performance", "w8a8-pc", 0.785, "2026-01-01T00:00:04.000001+00:00", backend="openvino"),
+               rec("nncf:mixed", "w8a8-pc", 0.75, "2026-01-01T00:00:05.000001+00:00", backend="openvino"),
+               rec("minmax", "w8a8-pc", 0.77, "2026-01-01T00:00:06.000001+00:00", backend="ort-qdq")]
+    for r in records:
+        r["metrics"] = {"deployed": r["metrics"]["sim"]}
+    records[3]["deployment"] = {"3x224x224": {"float_compute_ops": {"Conv": 22}}}
+    publish.publish(_store(tmp_path, records).load(), tmp_path)
+    md = (tmp_path / "LEADERBOARD.md").read_text()
+    section = md[md.index("## Toolkits"):md.index("## Suite")]
+    lines = [line for line in section.splitlines() if line.startswith("| w8a8-pc")]
+    # openvino only (the ort-qdq block holds no toolkit row); best first; mqbench's best pipeline there, not cle
+    assert [line.split(" | ")[1:4] for line in lines] == [
+        ["openvino", "1", "nncf:performance"], ["openvino", "2", "mqbench: minmax"], ["openvino", "3", "nncf:mixed"]]
+    assert "float ops: Conv x22" in lines[0] and "512 calibration images, 1300 evaluation images" in section
+    assert md.index("## Toolkits") < md.index("## Suite imagenet")
