@@ -268,7 +268,14 @@ def _papers_sections(records: Sequence[dict[str, Any]],
         "computed from the numbers in the table by the rule stated under it (`mqbench/report/papers.py`). "
         "Our figures come from the newest record of each cell (run them with `mqbench run --suite papers`; the "
         "error-accumulation figures with `mqbench analyze`); a number without a record reads \"not run\"."])]
-    for paper in papers.PAPERS:
+    claims = Section(2, "Toolkits' published figures", "toolkit-claims", [
+        "Each toolkit's own published figure for MobileNetV2 beside our measurement of its recipe on our weights, "
+        "images and runtime, as drops from the float model (the checkpoints differ), with the verdict's rule."])
+    entries: list[papers.Paper | Section] = [*papers.PAPERS, claims, *papers.TOOLKIT_CLAIMS]
+    for paper in entries:
+        if isinstance(paper, Section):
+            out.append(paper)
+            continue
         verdict, why = paper.verdict(values)
         section = Section(3, paper.citation, _slug("paper", paper.key), [
             f"[{paper.url}]({paper.url}). Claim: {paper.claim}",

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from mqbench.report import papers
-from mqbench.report.papers import PAPERS, Measure
+from mqbench.report.papers import PAPERS, TOOLKIT_CLAIMS, Measure
 from mqbench.store import Store
 
 RESULTS = Path(__file__).resolve().parents[2] / "results"
@@ -63,8 +63,20 @@ def test_bae_verdict_follows_its_rule(numbers: list[float], verdict: str) -> Non
     assert paper.verdict(_values(paper, numbers))[0] == verdict
 
 
+@pytest.mark.parametrize(("key", "numbers", "verdict"), [
+    ("nncf", [78.0, 77.5, 78.0, 77.0], "reproduced"),  # drops 0.5 and 1.0 against 0.63 and 0.57 (+0.5 allowed)
+    ("nncf", [78.0, 76.0, 78.0, 77.6], "partly"),
+    ("nncf", [78.0, 8.0, 78.0, 8.0], "not reproduced"),
+    ("brevitas", [78.0, 77.0], "reproduced"),  # 1.0 <= 0.586 + 0.5
+    ("brevitas", [78.0, 76.9], "not reproduced"),  # 1.1 > 1.086
+])
+def test_toolkit_claims_compare_drops_by_their_rule(key: str, numbers: list[float], verdict: str) -> None:
+    paper = next(p for p in TOOLKIT_CLAIMS if p.key == key)
+    assert paper.verdict(_values(paper, numbers))[0] == verdict
+
+
 def test_a_missing_measurement_is_not_measured_and_named() -> None:
-    for paper in PAPERS:
+    for paper in (*PAPERS, *TOOLKIT_CLAIMS):
         numbers = [1.0] * len(paper.rows)
         table = {row.ours: n for row, n in zip(paper.rows[1:], numbers, strict=False)}
         verdict, why = paper.verdict(lambda m, t=table: t.get(m))  # type: ignore[misc]
