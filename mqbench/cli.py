@@ -494,8 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "shell; `mqbench list methods` shows every parameter and default), or a toolkit recipe such as "
                    "'ort:minmax'")
     p.add_argument("--toolkit", action="append", metavar="T:R",
-                   help="a toolkit's recipe as the quantizer (repeatable), e.g. ort:minmax, torch.ao:default: another "
-                   "project's own quantizer on the same weights and images (`mqbench list toolkits`)")
+                   help="a toolkit's recipe as the quantizer (repeatable), e.g. ort:minmax, nncf:performance, "
+                   "pt2e:xnnpack, torch.ao:default: another project's own quantizer on the same weights and images, "
+                   "deployed on the runtimes that run its output (`mqbench list toolkits`)")
     p.add_argument("--backend", "--runtime", dest="backend", action="append", metavar="B",
                    help="runtime that executes the cell (repeatable; `mqbench list runtimes`): simulated, ort-qdq, "
                    "torch-x86, ...; a quantizer's output it cannot run is a skipped cell with the reason")
