@@ -66,6 +66,7 @@ BUILTIN_PLUGINS: tuple[str, ...] = (
     "mqbench.backends.torch_ao.toolkit",
     "mqbench.toolkits.nncf",
     "mqbench.toolkits.pt2e",
+    "mqbench.toolkits.brevitas",
     "mqbench.metrics.accuracy",
     "mqbench.suites",
 )

@@ -145,3 +145,39 @@ def test_the_litert_recipe_leaves_float_weights_and_litert_runs_what_it_left_una
     assert (out - simulated).abs().max() <= 0.01 and agreement(simulated, out)["top1_agreement"] == 1.0
     with pytest.raises(ValueError, match="the recipe names the quantizer"):
         kit.make_config("litert", {"quantizer": "xnnpack"})
+
+
+brevitas = pytest.importorskip("brevitas")
+
+
+@pytest.mark.parametrize(("scheme", "recipe"), [("w8a8-pc", "ptq"), ("w8a8-pt", "float_scale")])
+def test_brevitas_exports_the_recipes_scales_and_onnx_runtime_follows_its_simulation(scheme: str, recipe: str) -> None:
+    from mqbench.backends.ort.runtime import OrtQDQ, QdqReference
+    from mqbench.toolkits.brevitas import BrevitasToolkit
+
+    calib = generate(0, "calib", 64)
+    kit = BrevitasToolkit()
+    artifact = kit.quantize(_model(), parse_scheme(scheme), calib, kit.make_config(recipe, {}), SILENT)
+    proto, x = artifact.payload, calib.normalize(calib.images)
+    shapes = _weight_scales(proto)
+    assert shapes and all(len(s) == (1 if scheme == "w8a8-pc" else 0) for s in shapes), shapes
+    scales = np.concatenate([np.ravel(a) for a in _dequantize_scales(proto)])
+    powers_of_two = np.all(np.log2(scales) == np.round(np.log2(scales)))
+    assert powers_of_two == (recipe == "ptq"), scales[:8]
+    simulated = artifact.simulation(x)  # type: ignore[misc]
+    unfused = QdqReference(proto, threads=1)(x)
+    deployed = OrtQDQ(threads=1).load(artifact)(x)
+    assert torch.isfinite(simulated).all() and simulated.abs().max() > 0
+    # the QCDQ file means what Brevitas simulated, and ONNX Runtime's fused int8 kernels follow it
+    assert agreement(simulated, unfused)["top1_agreement"] >= 0.95
+    assert agreement(simulated, deployed)["top1_agreement"] >= 0.9
+
+
+def _dequantize_scales(proto: Any) -> list[Any]:
+    from onnx import numpy_helper
+
+    inits = {i.name: numpy_helper.to_array(i) for i in proto.graph.initializer}
+    consts = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in proto.graph.node if n.op_type == "Constant"}
+    inits.update(consts)
+    return [inits[n.input[1]] for n in proto.graph.node if n.op_type == "DequantizeLinear" and n.input[1] in inits]
+
