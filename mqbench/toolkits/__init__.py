@@ -19,10 +19,11 @@ with it.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import torch
 from torch import nn
 
 from mqbench.backends import Artifact
@@ -95,4 +96,22 @@ class Toolkit:
         return f"<toolkit {self.name}>"
 
 
-__all__ = ["Recipe", "RecipeConfig", "Toolkit"]
+def w8a8_problem(scheme: QuantScheme, bits: str, modes: str) -> str | None:
+    """The check the 8-bit peer recipes share: a plain ``w8a8-pc`` or ``w8a8-pt`` scheme (the recipe chooses the rest).
+    ``bits``: why 8 bits; ``modes``: why no -sym/-asym/-pow2/-rr."""
+    if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
+        return f"{bits} (a w8a8 scheme)"
+    if scheme.act_symmetric or not scheme.weight_symmetric or scheme.power_of_two or scheme.reduce_range:
+        return f"{modes} (w8a8-pc or w8a8-pt)"
+    return None
+
+
+def module_simulation(module: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A toolkit's quantized torch model as its own simulation (:attr:`Artifact.simulation`): run without grad."""
+    def run(inputs: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return module(inputs.float().contiguous()).detach()
+    return run
+
+
+__all__ = ["Recipe", "RecipeConfig", "Toolkit", "module_simulation", "w8a8_problem"]

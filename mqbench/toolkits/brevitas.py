@@ -28,7 +28,7 @@ from __future__ import annotations
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -42,7 +42,7 @@ from mqbench.data import Split
 from mqbench.progress import Reporter
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
-from mqbench.toolkits import Recipe, RecipeConfig, Toolkit
+from mqbench.toolkits import Recipe, RecipeConfig, Toolkit, module_simulation, w8a8_problem
 
 CSV = "brevitas_examples/imagenet_classification/ptq/RESULTS_TORCHVISION.csv"
 
@@ -130,13 +130,6 @@ def export_qcdq(quant: nn.Module, example: torch.Tensor) -> Any:
         return onnx.load(path)
 
 
-def _simulation(quant: nn.Module) -> Callable[[torch.Tensor], torch.Tensor]:
-    def run(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return quant(inputs.float()).detach()
-    return run
-
-
 class BrevitasToolkit(Toolkit):
     name = "brevitas"
     description = "AMD Brevitas's PTQ flow (graph equalization, percentile ranges, bias correction), QCDQ ONNX"
@@ -161,12 +154,8 @@ class BrevitasToolkit(Toolkit):
         return None
 
     def check_scheme(self, scheme: QuantScheme, config: RecipeConfig) -> str | None:
-        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
-            return "the Brevitas rows are its 8-bit recipe (a w8a8 scheme)"
-        if scheme.act_symmetric or not scheme.weight_symmetric or scheme.power_of_two or scheme.reduce_range:
-            return ("the recipe chooses the activations' mode and the scale type; the scheme names the weights' "
-                    "granularity only: w8a8-pc or w8a8-pt")
-        return None
+        return w8a8_problem(scheme, "the Brevitas rows are its 8-bit recipe", "the recipe chooses the activations' mode "
+                            "and the scale type; the scheme names the weights' granularity only")
 
     def quantize(self, model: nn.Module, scheme: QuantScheme, calib: Split, config: RecipeConfig,
                  reporter: Reporter) -> Artifact:
@@ -178,7 +167,7 @@ class BrevitasToolkit(Toolkit):
         return Artifact(ONNX_QDQ, proto, {"tool": "brevitas_examples ptq_common + export_onnx_qcdq", "backend": "fx",
                                           "per_channel_weights": scheme.weight_granularity == "channel",
                                           "simulation": "Brevitas's quantized model run by PyTorch",
-                                          **qdq_summary(proto)}, simulation=_simulation(quant))
+                                          **qdq_summary(proto)}, simulation=module_simulation(quant))
 
     def info(self) -> dict[str, Any]:
         missing = self.unavailable()

@@ -27,8 +27,6 @@ changes of the file's meaning.
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -43,7 +41,7 @@ from mqbench.data import Split
 from mqbench.progress import Reporter
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
-from mqbench.toolkits import Recipe, RecipeConfig, Toolkit
+from mqbench.toolkits import Recipe, RecipeConfig, Toolkit, w8a8_problem
 
 DOCS = ("https://docs.openvino.ai/2025/openvino-workflow/model-optimization-guide/quantizing-models-post-training/"
         "basic-quantization-flow.html")
@@ -137,12 +135,8 @@ class NncfToolkit(Toolkit):
         return None
 
     def check_scheme(self, scheme: QuantScheme, config: RecipeConfig) -> str | None:
-        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
-            return "the NNCF rows are its 8-bit post-training quantization (a w8a8 scheme)"
-        if scheme.act_symmetric or not scheme.weight_symmetric or scheme.power_of_two or scheme.reduce_range:
-            return ("NNCF's preset chooses the activations' mode; the scheme names the weights' granularity only: "
-                    "w8a8-pc or w8a8-pt")
-        return None
+        return w8a8_problem(scheme, "the NNCF rows are its 8-bit post-training quantization",
+                            "NNCF's preset chooses the activations' mode; the scheme names the weights' granularity only")
 
     def quantize(self, model: nn.Module, scheme: QuantScheme, calib: Split, config: RecipeConfig,
                  reporter: Reporter) -> Artifact:
@@ -150,12 +144,6 @@ class NncfToolkit(Toolkit):
         reporter.log(f"quantizing with NNCF ({config.preset.lower()} preset, {config.subset_size or len(calib)} "
                      "images; NNCF shows its own progress)")
         proto = quantize_with_nncf(model, scheme, calib, config)
-        with tempfile.TemporaryDirectory(prefix="mqbench-nncf.") as tmp:  # a round trip: what a user ships is a file
-            import onnx
-
-            path = os.path.join(tmp, "int8.onnx")
-            onnx.save(proto, path)
-            proto = onnx.load(path)
         from mqbench.backends.ort.runtime import QdqReference
 
         return Artifact(ONNX_QDQ, proto, {"tool": "nncf.quantize (ONNX backend)", "preset": config.preset,

@@ -39,7 +39,7 @@ from mqbench.data import Split
 from mqbench.progress import Reporter
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
-from mqbench.toolkits import Recipe, RecipeConfig, Toolkit
+from mqbench.toolkits import Recipe, RecipeConfig, Toolkit, module_simulation, w8a8_problem
 
 CALIB_BATCH = 32
 DOCS = "https://docs.pytorch.org/ao/stable/tutorials_source/pt2e_quant_ptq.html"
@@ -111,15 +111,6 @@ def quantize_with_pt2e(model: nn.Module, scheme: QuantScheme, calib: Split, reci
     return allow_exported_model_train_eval(converted)
 
 
-def _simulation(module: torch.fx.GraphModule) -> Callable[[torch.Tensor], torch.Tensor]:
-    """The converted graph as PyTorch runs it (``quantize_per_tensor`` / ``dequantize`` ops, float convolutions):
-    the PT2E flow's own simulation of what the runtime's compiler is handed."""
-    def run(inputs: torch.Tensor) -> torch.Tensor:
-        with torch.no_grad():
-            return module(inputs.float().contiguous())
-    return run
-
-
 class Pt2eToolkit(Toolkit):
     name = "pt2e"
     description = "PyTorch 2 Export quantization (torchao prepare_pt2e/convert_pt2e) with each runtime's own quantizer"
@@ -161,10 +152,10 @@ class Pt2eToolkit(Toolkit):
         missing = self._missing(config)
         if missing:
             return missing
-        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
-            return "the PT2E quantizers' static configs are 8-bit (a w8a8 scheme)"
-        if scheme.act_symmetric or not scheme.weight_symmetric or scheme.power_of_two or scheme.reduce_range:
-            return "the PT2E quantizers' defaults: asymmetric activations, symmetric weights (w8a8-pc or w8a8-pt)"
+        problem = w8a8_problem(scheme, "the PT2E quantizers' static configs are 8-bit",
+                               "the PT2E quantizers' defaults: asymmetric activations, symmetric weights")
+        if problem:
+            return problem
         if config.quantizer == "x86_inductor" and scheme.weight_granularity != "channel":
             return "X86InductorQuantizer annotates per-channel weights only (w8a8-pc)"
         return None
@@ -180,7 +171,7 @@ class Pt2eToolkit(Toolkit):
                         {"tool": "torchao prepare_pt2e/convert_pt2e", "quantizer": config.quantizer,
                          "per_channel_weights": scheme.weight_granularity == "channel", "qdq_ops": counts,
                          "simulation": "the converted graph run by PyTorch (decomposed quantize/dequantize ops)"},
-                        simulation=_simulation(module))
+                        simulation=module_simulation(module))
 
     def info(self) -> dict[str, Any]:
         missing = self.unavailable()

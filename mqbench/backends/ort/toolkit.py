@@ -35,7 +35,7 @@ from mqbench.data import Split
 from mqbench.progress import Reporter
 from mqbench.registry import Registry
 from mqbench.schemes import QuantScheme
-from mqbench.toolkits import Recipe, RecipeConfig, Toolkit
+from mqbench.toolkits import Recipe, RecipeConfig, Toolkit, w8a8_problem
 
 CALIB_BATCH = 32
 
@@ -136,12 +136,9 @@ class OrtToolkit(Toolkit):
         return None
 
     def check_scheme(self, scheme: QuantScheme, config: RecipeConfig) -> str | None:
-        if scheme.weight_bits != 8 or scheme.act_bits != 8 or scheme.first_last_bits is not None:
-            return "ONNX Runtime's quantize_static writes 8-bit weights and activations (a w8a8 scheme)"
-        if scheme.act_symmetric or not scheme.weight_symmetric or scheme.power_of_two or scheme.reduce_range:
-            return ("the peer row is ONNX Runtime's recommended x86 setting: uint8 asymmetric activations, int8 "
-                    "symmetric weights, no power-of-two scales, no reduce_range (w8a8-pc or w8a8-pt)")
-        return None
+        return w8a8_problem(scheme, "ONNX Runtime's quantize_static writes 8-bit weights and activations",
+                            "the peer row is ONNX Runtime's recommended x86 setting: uint8 asymmetric activations, int8 "
+                            "symmetric weights, no power-of-two scales, no reduce_range")
 
     def quantize(self, model: nn.Module, scheme: QuantScheme, calib: Split, config: RecipeConfig,
                  reporter: Reporter) -> Artifact:
